@@ -1,0 +1,3 @@
+from lipsync_cli.cli import main
+
+main()

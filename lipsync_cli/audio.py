@@ -1,0 +1,122 @@
+"""Audio in: files of any rate, channel count and sample type, to one internal format.
+
+Analysis runs on mono float32 at `SAMPLE_RATE_HZ`. The original samples are kept too, so a rendered
+MP4 carries the speech at its own quality, not the analysis copy.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+
+from lipsync_cli.errors import AudioError
+
+SAMPLE_RATE_HZ = 16_000  # the one internal analysis rate
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    """A decoded audio file."""
+
+    samples: np.ndarray  # (n,) float32 mono at SAMPLE_RATE_HZ, for analysis
+    original: np.ndarray  # (m, channels) float32 in [-1, 1] at original_rate_hz, for the output file
+    original_rate_hz: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE_HZ
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """(n,) or (n, channels) float -> (n,) float32 mono (mean of the channels)."""
+    if samples.ndim == 1:
+        return samples.astype(np.float32, copy=False)
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, *, from_rate_hz: int, to_rate_hz: int) -> np.ndarray:
+    """Resample (n,) float32 with a polyphase anti-aliasing filter (scipy's resample_poly)."""
+    if from_rate_hz == to_rate_hz:
+        return samples.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly
+
+    g = gcd(from_rate_hz, to_rate_hz)
+    return resample_poly(samples, to_rate_hz // g, from_rate_hz // g).astype(np.float32)
+
+
+def pcm_to_float(data: bytes, *, sample_type: str, channels: int) -> np.ndarray:
+    """Interleaved PCM bytes -> (n, channels) float32. sample_type: 's16' or 'f32' (little-endian)."""
+    if sample_type == "s16":
+        width, dtype, scale = 2, "<i2", 1 / 32768.0
+    elif sample_type == "f32":
+        width, dtype, scale = 4, "<f4", 1.0
+    else:
+        raise AudioError(f"unknown sample type {sample_type!r}: use s16 or f32")
+    frame_bytes = width * channels
+    if len(data) % frame_bytes:
+        raise AudioError(f"{len(data)} bytes is not a whole number of {channels}-channel {sample_type} samples")
+    arr = np.frombuffer(data, dtype=dtype).astype(np.float32) * np.float32(scale)
+    return arr.reshape(-1, channels)
+
+
+def check_samples(samples: np.ndarray, *, what: str) -> None:
+    """Refuse audio that holds NaN or infinite values (it would poison every later stage)."""
+    if samples.size and not np.isfinite(samples).all():
+        raise AudioError(f"{what} holds NaN or infinite samples: export it again as plain PCM")
+
+
+def _wav_truncation(path: Path) -> tuple[int, int] | None:
+    """For a RIFF/WAVE file, (declared data bytes, present data bytes) if the data chunk is cut short."""
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                start = f.tell()
+                present = path.stat().st_size - start
+                # 0 and 0xFFFFFFFF mean "unknown length" (a WAV written to a pipe)
+                if size not in (0, 0xFFFFFFFF) and present < size:
+                    return size, present
+                return None
+            f.seek(size + (size & 1), 1)
+
+
+def load_audio(path: str | Path) -> AudioClip:
+    """Read an audio file soundfile understands (WAV of any PCM/float type, FLAC, OGG, MP3).
+
+    Raises AudioError with one line saying what is wrong for a missing, empty, truncated,
+    non-audio or NaN-filled file.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes)")
+    cut = _wav_truncation(path)
+    if cut is not None:
+        raise AudioError(
+            f"{path}: the WAV file is truncated (its header announces {cut[0]} bytes of samples, "
+            f"it holds {cut[1]}): export or copy it again"
+        )
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as exc:  # LibsndfileError is a RuntimeError
+        raise AudioError(f"{path}: not a readable audio file ({exc}); use WAV, FLAC, OGG or MP3") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    check_samples(data, what=str(path))
+    mono = resample(to_mono(data), from_rate_hz=int(rate), to_rate_hz=SAMPLE_RATE_HZ)
+    return AudioClip(samples=mono, original=data, original_rate_hz=int(rate))

@@ -1,0 +1,138 @@
+"""The `lipsync` command line: parse, validate, call the core, print.
+
+Typer and rich live here only. Every failure the core raises on purpose is a LipsyncError; it is
+printed as one red line `Name: message` with exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import cv2  # noqa: F401  (cv2 before av in every process that may open a window)
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lipsync_cli.errors import LipsyncError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Make an avatar video speak: lip-sync speech onto a model video.")
+console = Console(stderr=True)
+out = Console()
+
+ModelsDir = typer.Option(None, "--models-dir", help="Folder searched first for model videos by name.")
+CacheDir = typer.Option(None, "--cache-dir", envvar="LIPSYNC_CACHE_DIR",
+                        help="Where model caches live [default: ~/.cache/lipsync].")
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator:
+    """A rich progress bar in a terminal; nothing in pipes and tests. Yields a ProgressFn."""
+    bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=True, disable=not console.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total or None)
+        bar.update(tasks[stage], completed=done, total=total or None)
+
+    with bar:
+        yield update
+
+
+def _store(models_dir: Optional[Path], cache_dir: Optional[Path], progress=None):
+    from lipsync_cli.store import ModelStore
+
+    return ModelStore(cache_dir=cache_dir, models_dir=models_dir, progress=progress)
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+@app.command()
+def prepare(
+    models: List[str] = typer.Argument(None, help="Model names or video paths. None: every video found."),
+    models_dir: Optional[Path] = ModelsDir,
+    cache_dir: Optional[Path] = CacheDir,
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the cache is up to date."),
+) -> None:
+    """Decode, track the face and mouth, and cache each model video (instant when unchanged)."""
+    from lipsync_cli.cache import prepare_model
+    from lipsync_cli.models import list_model_videos, resolve_model, search_dirs
+
+    videos = [resolve_model(m, models_dir=models_dir) for m in models] if models else \
+        list_model_videos(models_dir=models_dir)
+    if not videos:
+        places = ", ".join(str(d) for d in search_dirs(models_dir))
+        raise LipsyncError(f"no model videos found in {places}; name a video: lipsync prepare PATH.mp4")
+    for video in videos:
+        with progress_bar() as progress:
+            result = prepare_model(video, cache_dir=cache_dir, force=force, progress=progress)
+        name = video.stem
+        if result.status == "fresh":
+            out.print(f"[green]{name}[/]: up to date, nothing to do ({result.seconds:.2f} s)")
+            continue
+        if result.status == "rebuilt":
+            console.print(f"[yellow]{name}[/]: rebuilt the cache because {result.reason}")
+        out.print(f"[green]{name}[/]: {result.n_frames} frames at {result.fps:g} fps, face found in "
+                  f"{result.face_found_pct:.0f}% of frames, cache {_mb(result.cache_bytes)}, "
+                  f"{result.seconds:.1f} s -> {result.cache}")
+
+
+@app.command()
+def render(
+    audio: Path = typer.Argument(..., help="Speech: WAV (any rate, channels, sample type), FLAC, OGG or MP3."),
+    output: Path = typer.Option(..., "-o", "--output", help="The MP4 to write (H.264 + AAC)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or video path "
+                                        "[default: the only model found, else the bundled sample]."),
+    server: Optional[str] = typer.Option(None, "--server", help="A running lip-sync service: HOST:PORT, "
+                                         "a comma-separated list, or dns:///NAME:PORT (round-robin). "
+                                         "Default: one started in-process."),
+    models_dir: Optional[Path] = ModelsDir,
+    cache_dir: Optional[Path] = CacheDir,
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Use your own ONNX lip-sync network "
+                                        "(see docs/onnx-contract.md) instead of the built-in generator."),
+    crf: int = typer.Option(20, "--crf", min=0, max=51, help="H.264 quality: lower is better."),
+    preset: str = typer.Option("veryfast", "--preset", help="x264 preset (ultrafast ... veryslow)."),
+) -> None:
+    """Render AUDIO spoken by the avatar into a finished MP4."""
+    from lipsync_cli.pipeline import RenderOptions, render as run_render
+
+    options = RenderOptions(model=model, server=server, preset=preset, crf=crf,
+                            generator="onnx" if onnx else "own", onnx_path=onnx)
+    with progress_bar() as progress:
+        store = _store(models_dir, cache_dir, progress)
+        summary = run_render(audio, output, options=options, store=store, progress=progress)
+    fallback = f", [yellow]{summary.fallbacks} frames left untouched[/]" if summary.fallbacks else ""
+    out.print(f"[green]{summary.output}[/]: {summary.frames} frames ({summary.duration_s:.2f} s, "
+              f"{summary.width}x{summary.height}) of {summary.model}, {summary.speech_frames} with speech, "
+              f"rendered in {summary.seconds:.1f} s ({summary.speed_x:.2f}x real time){fallback}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning our errors into one clear line and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except LipsyncError as exc:
+        console.print(f"[red]{type(exc).__name__}[/]: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted[/]: nothing was written")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        console.print("[yellow]Aborted[/]")
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,214 @@
+"""The client of the lip-sync gRPC service, and the in-process service `lipsync render` uses by default.
+
+`LipSyncClient` talks to one server or balances round-robin over several replicas; every gRPC
+failure leaves it as a `LipsyncError` with one line a user can act on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import numpy as np
+
+from lipsync_cli.audio import check_samples
+from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
+from lipsync_cli.generator import MouthGenerator
+from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_cli.service import MAX_MESSAGE_BYTES, create_server
+from lipsync_cli.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+PCM16_FULL_SCALE = 32767
+# gRPC name-resolver schemes a target may start with; anything else is host:port[,host:port...]
+TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal is written [::1]:port
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ServiceError(f"{address!r} is not HOST:PORT (for example 127.0.0.1:50051)")
+    return host, int(port)
+
+
+def _resolve(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ServiceError(f"cannot resolve the host {host!r} ({exc})") from exc
+    # prefer IPv4, so a list of names that all resolve to both families ends up in one family
+    addresses = sorted((ipaddress.ip_address(info[4][0]) for info in infos), key=lambda a: a.version)
+    return addresses[0]
+
+
+def channel_target(target: str) -> str:
+    """The gRPC target for `host:port`, `host:port,host:port,...` (balanced) or a `dns:///name:port` target.
+
+    A list becomes one `ipv4:` (or `ipv6:`) target with every address, so the channel's
+    round-robin policy spreads calls over all of them.
+    """
+    target = target.strip()
+    if target.startswith(TARGET_SCHEMES):
+        return target
+    parts = [p for p in target.split(",") if p.strip()]
+    if len(parts) == 1:
+        _split_host_port(parts[0])
+        return parts[0].strip()
+    addresses = [(_resolve(host, port), port) for host, port in map(_split_host_port, parts)]
+    versions = {a.version for a, _ in addresses}
+    if len(versions) > 1:
+        raise ServiceError(f"{target}: list servers of one address family (all IPv4 or all IPv6)")
+    if versions == {4}:
+        return "ipv4:" + ",".join(f"{a}:{port}" for a, port in addresses)
+    return "ipv6:" + ",".join(f"[{a}]:{port}" for a, port in addresses)
+
+
+def _pcm16(samples: np.ndarray, channels: int | None = None) -> tuple[bytes, int]:
+    """(n,) or (n, channels) float in [-1, 1] -> interleaved PCM16 little-endian bytes and the channel count."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    if samples.ndim != 2 or (channels is not None and samples.shape[1] != channels):
+        want = f"(n, {channels})" if channels is not None else "(n,) or (n, channels)"
+        raise AudioError(f"audio of shape {samples.shape} does not fit: expected {want}")
+    check_samples(samples, what="the audio")
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * PCM16_FULL_SCALE).astype("<i2")
+    return pcm.tobytes(), samples.shape[1]
+
+
+class LipSyncClient:
+    """A client of the lip-sync service.
+
+    target: "host:port", a comma-separated list of host:port (calls are spread round-robin over
+    them) or a gRPC target such as "dns:///name:port" (round-robin over every address of the name).
+    """
+
+    def __init__(self, target: str):
+        self.target = target
+        self._channel = grpc.insecure_channel(channel_target(target), options=[
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self._stub = lipsync_pb2_grpc.LipSyncStub(self._channel)
+
+    def __enter__(self) -> LipSyncClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel (calls still running are cancelled)."""
+        self._channel.close()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until a server answers; ServiceError when none does within timeout_s."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError as exc:
+            raise ServiceError(self._unavailable_message()) from exc
+
+    def render_clip(self, model: str, samples: np.ndarray, sample_rate_hz: int, first_frame: int = 0
+                    ) -> Iterator[lipsync_pb2.MouthFrame]:
+        """The mouth frames of a whole clip, in order.
+
+        samples: (n,) or (n, channels) float32 in [-1, 1] at sample_rate_hz (sent as PCM16).
+        first_frame: where in the model video's ping-pong loop the clip starts.
+        """
+        data, channels = _pcm16(samples)
+        if len(data) > MAX_MESSAGE_BYTES - 1024:
+            seconds = MAX_MESSAGE_BYTES // (2 * channels * sample_rate_hz)
+            raise AudioError(f"the clip is too long for one request: at most about {seconds} s at "
+                             f"{sample_rate_hz} Hz with {channels} channels; split it")
+        request = lipsync_pb2.ClipRequest(model=model, audio=data, first_frame=first_frame, format=lipsync_pb2.AudioFormat(
+            sample_rate_hz=sample_rate_hz, channels=channels, sample_type=lipsync_pb2.PCM_S16LE))
+        yield from self._frames(self._stub.RenderClip(request))
+
+    def stream_audio(self, model: str, chunks: Iterator[tuple[np.ndarray, float]], sample_rate_hz: int,
+                     channels: int, first_frame: int = 0) -> Iterator[lipsync_pb2.MouthFrame]:
+        """Live: mouth frames as soon as the service has decided them.
+
+        chunks: (samples, captured_at_s) pairs; samples (n,) or (n, channels) float32 in [-1, 1] at
+        sample_rate_hz, captured_at_s the client's monotonic clock when they were captured (echoed
+        back in the frames they complete, for latency). The stream ends when `chunks` does.
+        """
+        # gRPC reads `requests` in its own thread and only cancels the call when it raises: keep the error
+        failure: list[Exception] = []
+
+        def requests() -> Iterator[lipsync_pb2.AudioChunk]:
+            yield lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(
+                model=model, first_frame=first_frame, format=lipsync_pb2.AudioFormat(
+                    sample_rate_hz=sample_rate_hz, channels=channels, sample_type=lipsync_pb2.PCM_S16LE)))
+            try:
+                for samples, captured_at_s in chunks:
+                    yield lipsync_pb2.AudioChunk(audio=_pcm16(samples, channels)[0], captured_at_s=captured_at_s)
+            except Exception as exc:
+                failure.append(exc)
+                raise
+
+        try:
+            yield from self._frames(self._stub.StreamAudio(requests()))
+        except ServiceError:
+            if failure:
+                raise failure[0] from None
+            raise
+
+    def list_models(self) -> list[lipsync_pb2.ModelInfo]:
+        """The models the service can serve."""
+        try:
+            return list(self._stub.ListModels(lipsync_pb2.ListModelsRequest()).models)
+        except grpc.RpcError as exc:
+            raise self._error(exc, started=False) from exc
+
+    def _frames(self, call) -> Iterator[lipsync_pb2.MouthFrame]:
+        """Yield the frames of a streaming call, mapping its errors; cancels it when the caller stops early."""
+        started = False
+        try:
+            for frame in call:
+                started = True
+                yield frame
+        except grpc.RpcError as exc:
+            raise self._error(exc, started=started) from exc
+        finally:
+            call.cancel()  # no-op when the call has finished
+
+    def _unavailable_message(self) -> str:
+        return f"nothing answers at {self.target}: start `lipsync serve` there or leave out --server"
+
+    def _error(self, exc: grpc.RpcError, *, started: bool) -> LipsyncError:
+        """The project error for a failed call; `started`: frames had arrived before it failed."""
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.NOT_FOUND:
+            return ModelNotFoundError(details)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return AudioError(details)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if started:
+                return ServiceError(f"the lip-sync service at {self.target} went away mid-render")
+            return ServiceError(self._unavailable_message())
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ServiceError(f"the lip-sync service at {self.target} did not answer in time")
+        if code == grpc.StatusCode.CANCELLED:
+            return ServiceError(f"the call to the lip-sync service at {self.target} was cancelled")
+        log.debug("lip-sync call failed: %s %s", code, details)
+        return ServiceError(f"the lip-sync service at {self.target} failed: {details} ({code.name})")
+
+
+@contextmanager
+def embedded_service(store: ModelStore, generator: MouthGenerator | None = None) -> Iterator[str]:
+    """Run the lip-sync service in this process on a free loopback port; yields its target ("127.0.0.1:PORT")."""
+    server, port = create_server("127.0.0.1:0", store=store, generator=generator)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)

@@ -1,0 +1,80 @@
+"""Paste a mouth-region image onto its full frame: sub-pixel placement, feathered edges, colour
+matched to the skin around it. One compositor for `render`, `live` and `--record`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+FEATHER_FRACTION = 0.2  # the outer share of the region that fades into the frame
+MAX_GAIN_CHANGE = 0.12  # colour matching never shifts a channel by more than this factor
+
+
+def _feather_mask(size_px: int) -> np.ndarray:
+    """(size, size) float32: 1 inside, smooth fall to 0 at every edge (no visible box)."""
+    ramp_px = max(2, int(FEATHER_FRACTION * size_px))
+    t = np.clip(np.minimum(np.arange(size_px), np.arange(size_px)[::-1]) / ramp_px, 0, 1)
+    t = t * t * (3 - 2 * t)
+    return np.outer(t, t).astype(np.float32)
+
+
+_MASKS: dict[int, np.ndarray] = {}
+
+
+def feather_mask(size_px: int) -> np.ndarray:
+    if size_px not in _MASKS:
+        _MASKS[size_px] = _feather_mask(size_px)
+    return _MASKS[size_px]
+
+
+def decode_region(jpeg: bytes) -> np.ndarray | None:
+    """A mouth-region JPEG as (S, S, 3) uint8 BGR, or None when it is missing or not a square image."""
+    if not jpeg:
+        return None
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.shape[0] != img.shape[1] or img.shape[0] < 16:
+        return None
+    return img
+
+
+def valid_bounds(bounds, width: int, height: int) -> bool:
+    """True for a finite [xmin, ymin, xmax, ymax] box of positive size that overlaps the frame."""
+    b = np.asarray(bounds, np.float64)
+    if b.shape != (4,) or not np.isfinite(b).all():
+        return False
+    x0, y0, x1, y1 = b
+    return x1 - x0 >= 4 and y1 - y0 >= 4 and x1 > 0 and y1 > 0 and x0 < width and y0 < height
+
+
+def composite(frame: np.ndarray, region: np.ndarray, bounds) -> bool:
+    """Blend `region` (S, S, 3) BGR into `frame` (H, W, 3) BGR in place, over `bounds`.
+
+    Returns False (and leaves the frame untouched) when the bounds are unusable.
+    """
+    h, w = frame.shape[:2]
+    if not valid_bounds(bounds, w, h):
+        return False
+    x0, y0, x1, y1 = (float(v) for v in bounds)
+    s = region.shape[0]
+    # the frame pixels the region touches, clipped to the frame
+    fx0, fy0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    fx1, fy1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+    if fx1 - fx0 < 2 or fy1 - fy0 < 2:
+        return False
+    sx, sy = (x1 - x0) / s, (y1 - y0) / s
+    # region pixel -> frame pixel, relative to the clipped window (sub-pixel exact)
+    m = np.array([[sx, 0, x0 - fx0 + 0.5 * sx - 0.5], [0, sy, y0 - fy0 + 0.5 * sy - 0.5]], np.float64)
+    size = (fx1 - fx0, fy1 - fy0)
+    interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR
+    patch = cv2.warpAffine(region, m, size, flags=interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    alpha = cv2.warpAffine(feather_mask(s), m, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+    window = frame[fy0:fy1, fx0:fx1]
+    under = window.astype(np.float32)
+    rim = (alpha > 0.05) & (alpha < 0.5)
+    if rim.sum() > 32:
+        gain = (under[rim].mean(axis=0) + 1) / (patch[rim].mean(axis=0) + 1)
+        patch *= np.clip(gain, 1 - MAX_GAIN_CHANGE, 1 + MAX_GAIN_CHANGE)
+    a = alpha[..., None]
+    window[...] = (under + (patch - under) * a).clip(0, 255).astype(np.uint8)
+    return True

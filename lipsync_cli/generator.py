@@ -1,0 +1,58 @@
+"""Mouth generators: for one model frame and one set of mouth parameters, the 320x320 mouth
+region image and where it goes.
+
+The service holds one generator and opens a `GeneratorStream` per client stream (streams may keep
+temporal state, such as which source mouth was used last). Two kinds exist:
+
+- `own` (the default, `lipsync_cli.mouth`): the avatar's own mouth, taken from the frames of its
+  video that match the wanted opening and aligned onto the current frame, warped and with the
+  inner mouth drawn where the video never opens that wide. No weights.
+- `onnx` (`lipsync_cli.onnx_generator`): a user's own neural network, see docs/onnx-contract.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lipsync_cli.driver import MouthParams
+from lipsync_cli.store import Model
+
+AUDIO_WINDOW_MS = 200  # audio around each frame handed to generators that want it (the ONNX one)
+
+
+@dataclass(frozen=True)
+class MouthImage:
+    image: np.ndarray  # (320, 320, 3) uint8 BGR: the mouth region
+    bounds: np.ndarray  # (4,) float32 [xmin, ymin, xmax, ymax], full-frame pixels of the model frame
+
+
+class GeneratorStream(Protocol):
+    def render(self, *, model_frame: int, params: MouthParams, audio: np.ndarray) -> MouthImage:
+        """The mouth region for `model_frame` showing `params`.
+
+        audio: (AUDIO_WINDOW_MS at 16 kHz,) float32 mono centred on the frame (zeros where none).
+        """
+
+
+class MouthGenerator(Protocol):
+    name: str
+
+    def open_stream(self, model: Model) -> GeneratorStream:
+        """Per-client-stream state for rendering frames of `model`."""
+
+
+def make_generator(kind: str = "own", *, onnx_path: Path | None = None) -> MouthGenerator:
+    """The generator called `kind` ("own" or "onnx")."""
+    if kind == "own":
+        from lipsync_cli.mouth import OwnMouthGenerator
+
+        return OwnMouthGenerator()
+    if kind == "onnx":
+        from lipsync_cli.onnx_generator import OnnxGenerator
+
+        return OnnxGenerator(onnx_path)
+    raise ValueError(f"unknown generator {kind!r}: use 'own' or 'onnx'")

@@ -1,0 +1,97 @@
+"""Where model videos live, and how a model name or path becomes a video file.
+
+A model is a video of the avatar. Names are looked up, in order, in the user's `--models-dir` and
+then the original system's places, relative to the working directory. Paths are taken as they
+are. Remote callers (HTTP, gRPC) may only use names: `find_named_model` refuses anything that
+could leave the model folders.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lipsync_cli.errors import ModelNotFoundError
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+# the original system's places, relative to the working directory
+DEFAULT_MODEL_DIRS = ("model_videos", "realtime_lipsync/model_videos", "datasets_test")
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+SAMPLE_MODEL = SAMPLES_DIR / "avatar.mp4"  # the bundled sample avatar, used when nothing else exists
+MAX_NAME_LENGTH = 128
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def search_dirs(models_dir: Path | None = None) -> list[Path]:
+    """The folders searched for model names, in order."""
+    dirs = [Path(models_dir)] if models_dir is not None else []
+    return dirs + [Path.cwd() / d for d in DEFAULT_MODEL_DIRS]
+
+
+def model_name(video: Path) -> str:
+    """The model name of a video: its file name without the suffix."""
+    return Path(video).stem
+
+
+def is_valid_name(name: str) -> bool:
+    """True for a plain model name: letters, digits, `_ . -`, no path parts, not too long."""
+    return 0 < len(name) <= MAX_NAME_LENGTH and bool(_NAME_RE.match(name)) and ".." not in name
+
+
+def find_named_model(name: str, *, models_dir: Path | None = None) -> Path:
+    """Find the video of a model by name only (safe for names that come from the network).
+
+    A name may carry its suffix (`alice.mp4`) or not (`alice`). Raises ModelNotFoundError naming
+    the places searched.
+    """
+    dirs = search_dirs(models_dir)
+    if is_valid_name(name):
+        stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in VIDEO_SUFFIXES else name
+        for d in dirs:
+            for suffix in VIDEO_SUFFIXES:
+                candidate = d / f"{stem}{suffix}"
+                if candidate.is_file():
+                    return candidate
+    if name == model_name(SAMPLE_MODEL) and SAMPLE_MODEL.is_file():
+        return SAMPLE_MODEL
+    places = ", ".join(str(d / f"{name}.mp4") for d in dirs)
+    raise ModelNotFoundError(f"model {name!r} not found; searched {places}")
+
+
+def resolve_model(spec: str, *, models_dir: Path | None = None) -> Path:
+    """A model name or a path to a video (for the command line) -> the video file."""
+    path = Path(spec).expanduser()
+    looks_like_path = path.suffix.lower() in VIDEO_SUFFIXES or "/" in spec or "\\" in spec
+    if looks_like_path:
+        if path.is_file():
+            return path.resolve()
+        if path.exists():
+            raise ModelNotFoundError(f"{spec}: is not a video file")
+        if "/" in spec or "\\" in spec:
+            raise ModelNotFoundError(f"{spec}: no such file")
+    return find_named_model(spec, models_dir=models_dir)
+
+
+def list_model_videos(*, models_dir: Path | None = None) -> list[Path]:
+    """Every model video in the search folders (first one wins for a repeated name), sorted by name."""
+    found: dict[str, Path] = {}
+    for d in search_dirs(models_dir):
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+                found.setdefault(model_name(p), p)
+    return [found[k] for k in sorted(found)]
+
+
+def default_model(*, models_dir: Path | None = None) -> Path:
+    """The model to use when none is named: the only one found, else the bundled sample."""
+    videos = list_model_videos(models_dir=models_dir)
+    if len(videos) == 1:
+        return videos[0]
+    if not videos and SAMPLE_MODEL.is_file():
+        return SAMPLE_MODEL
+    if not videos:
+        raise ModelNotFoundError("no model videos found and the bundled sample is missing; pass --model PATH")
+    names = ", ".join(model_name(v) for v in videos)
+    raise ModelNotFoundError(f"several models found ({names}): pick one with --model NAME")

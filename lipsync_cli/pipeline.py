@@ -1,0 +1,125 @@
+"""`render`: speech in, a finished lip-synced MP4 out.
+
+WAV -> samples -> gRPC service (driver + generator) -> mouth regions + bounds -> compositor onto
+the model's own frames -> PyAV encoder. The service is always reached over gRPC: either one the
+user runs (`server`) or one started in-process on a free loopback port for this render.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio
+from lipsync_cli.compositor import composite, decode_region
+from lipsync_cli.errors import AudioError, OutputError, ServiceError
+from lipsync_cli.models import default_model
+from lipsync_cli.progress import ProgressFn, report
+from lipsync_cli.store import ModelStore
+from lipsync_cli.timing import first_sample_of_frame, frame_count
+from lipsync_cli.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    model: str | None = None  # a model name or video path; None: the only model found, else the sample
+    server: str | None = None  # host:port (or list, or dns:///) of a running service; None: embedded
+    preset: str = DEFAULT_PRESET  # libx264 preset
+    crf: int = DEFAULT_CRF  # libx264 quality (lower is better, 18-23 is visually clean)
+    generator: str = "own"  # the embedded service's generator ("own" or "onnx")
+    onnx_path: Path | None = None  # the network for generator="onnx"
+
+
+@dataclass(frozen=True)
+class RenderSummary:
+    output: Path
+    model: str
+    frames: int
+    duration_s: float
+    seconds: float  # wall time of the render, prepare excluded
+    fallbacks: int  # frames shown untouched because their mouth image was missing or invalid
+    speech_frames: int
+    width: int
+    height: int
+
+    @property
+    def speed_x(self) -> float:
+        """Render speed as a multiple of real time."""
+        return self.duration_s / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _check_output(path: Path) -> None:
+    if path.exists() and path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name ending in .mp4")
+    if path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        raise OutputError(f"{path}: the output must be an .mp4 file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: the folder {parent} does not exist")
+
+
+@contextlib.contextmanager
+def _service_target(options: RenderOptions, store: ModelStore):
+    if options.server:
+        yield options.server
+        return
+    from lipsync_cli.client import embedded_service
+    from lipsync_cli.generator import make_generator
+
+    generator = make_generator(options.generator, onnx_path=options.onnx_path)
+    with embedded_service(store, generator) as target:
+        yield target
+
+
+def render(audio_path: Path, output: Path, *, options: RenderOptions, store: ModelStore,
+           progress: ProgressFn | None = None) -> RenderSummary:
+    """Render `audio_path` spoken by the model into the MP4 `output` (atomically)."""
+    from lipsync_cli.client import LipSyncClient
+
+    progress = report(progress)
+    output = Path(output)
+    _check_output(output)
+    clip = load_audio(audio_path)
+    video = store.resolve(options.model) if options.model else default_model(models_dir=store.models_dir)
+    model = store.get(video)
+    name = store.register(video)
+    n_frames = frame_count(len(clip.samples), fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
+    if n_frames < 2:
+        raise AudioError(f"{audio_path}: the audio is shorter than one video frame ({1 / float(model.fps):.3f} s)")
+    t0 = time.perf_counter()
+    fallbacks = speech = written = 0
+    orig_rate = clip.original_rate_hz
+    with _service_target(options, store) as target:
+        client = LipSyncClient(target)
+        try:
+            frames = client.render_clip(name, clip.samples[:, None], SAMPLE_RATE_HZ)
+            with Mp4Writer(output, fps=model.fps, width=model.width, height=model.height,
+                           audio_rate_hz=orig_rate, audio_channels=clip.original.shape[1],
+                           preset=options.preset, crf=options.crf) as writer:
+                for reply in frames:
+                    if reply.index != written:
+                        raise ServiceError(f"the service sent frame {reply.index} where {written} was due")
+                    frame = model.frame(reply.model_frame % model.n_frames)
+                    region = decode_region(reply.prediction_data)
+                    if region is None or not composite(frame, region, list(reply.bounds)):
+                        fallbacks += 1
+                    speech += bool(reply.speech)
+                    writer.write_frame(frame)
+                    # the audio that plays during this frame, in the file's own rate
+                    a0 = first_sample_of_frame(written, fps=model.fps, sample_rate_hz=orig_rate)
+                    a1 = first_sample_of_frame(written + 1, fps=model.fps, sample_rate_hz=orig_rate)
+                    writer.write_audio(clip.original[a0:a1])
+                    written += 1
+                    progress("rendering", written, n_frames)
+                if written != n_frames:
+                    raise ServiceError(f"the service sent {written} frames where {n_frames} were due")
+                tail = first_sample_of_frame(written, fps=model.fps, sample_rate_hz=orig_rate)
+                writer.write_audio(clip.original[tail:])
+        finally:
+            client.close()
+    return RenderSummary(output=output, model=model.name, frames=written,
+                         duration_s=len(clip.samples) / SAMPLE_RATE_HZ, seconds=time.perf_counter() - t0,
+                         fallbacks=fallbacks, speech_frames=speech, width=model.width - model.width % 2,
+                         height=model.height - model.height % 2)

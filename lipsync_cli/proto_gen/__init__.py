@@ -1,0 +1,1 @@
+"""Stubs generated from proto/*.proto by scripts/gen_protos.py. Do not edit."""

@@ -1,0 +1,72 @@
+"""`lipsync serve`: the HTTP server and the gRPC LipSync service in one process, until interrupted."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from lipsync_cli.http_server import ServeSettings, create_server, is_loopback
+from lipsync_cli.service import create_server as create_grpc_server
+from lipsync_cli.store import ModelStore
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 3000
+DEFAULT_GRPC_PORT = 50051
+GRPC_GRACE_S = 2.0  # open streams get this long to finish on shutdown
+
+# {"http": "http://127.0.0.1:3000/", "grpc": "127.0.0.1:50051"}, with the ports really bound
+ReadyFn = Callable[[dict[str, str]], None]
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@contextmanager
+def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
+    """Treat SIGTERM (systemd, docker stop) like Ctrl-C while serving; signals need the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_serve(settings: ServeSettings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_HTTP_PORT,
+              grpc_port: int = DEFAULT_GRPC_PORT, on_ready: ReadyFn | None = None,
+              stop: threading.Event | None = None) -> None:
+    """Serve HTTP on host:port and the gRPC service on host:grpc_port until Ctrl-C, SIGTERM or `stop`.
+
+    Port 0 picks a free port. `on_ready(urls)` is called once both listen, with the bound
+    addresses. Both servers are stopped before this returns; Ctrl-C is a normal way out, not an
+    error. Raises ServiceError when a port cannot be bound.
+    """
+    stop = stop or threading.Event()
+    if not is_loopback(host) and settings.openai_api_key and settings.token_secret is None:
+        LOG.warning("serving on %s with no token secret: anyone who can reach it can mint OpenAI client "
+                    "secrets on this server's key; set --token-secret or LIPSYNC_TOKEN_SECRET", host)
+    store = ModelStore(cache_dir=settings.cache_dir, models_dir=settings.models_dir)
+    # the factory returns it started
+    grpc_server, bound_grpc_port = create_grpc_server(_host_port(host, grpc_port), store=store)
+    try:
+        http_server, bound_http_port = create_server(settings, host=host, port=port)
+        try:
+            if on_ready is not None:
+                on_ready({"http": f"http://{_host_port(host, bound_http_port)}/",
+                          "grpc": _host_port(host, bound_grpc_port)})
+            with _stop_on_sigterm(stop):
+                stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            http_server.stop()
+    finally:
+        grpc_server.stop(GRPC_GRACE_S).wait()

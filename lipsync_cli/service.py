@@ -1,0 +1,351 @@
+"""The lip-sync gRPC service (`proto/lipsync.proto`): audio in, one mouth-region JPEG per output frame out.
+
+`create_server` builds a started server with the `LipSync` service, the standard health service and
+reflection, so `grpcurl`, load balancers and the tests all talk to the real thing. The service keeps
+no state beyond one call: each call decodes its audio to mono float32 at `SAMPLE_RATE_HZ`, runs the
+mouth driver over it and has the generator render each decided frame.
+
+Failures become status codes with a one-line message: a bad audio format or bad audio is
+INVALID_ARGUMENT, an unknown model NOT_FOUND, anything else INTERNAL (and logged). One bad request
+never takes the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from scipy.signal import butter, sosfilt, sosfilt_zi
+
+from lipsync_cli.audio import SAMPLE_RATE_HZ, check_samples, pcm_to_float, resample, to_mono
+from lipsync_cli.driver import MouthDriver, MouthParams, drive
+from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
+from lipsync_cli.generator import AUDIO_WINDOW_MS, GeneratorStream, MouthGenerator, make_generator
+from lipsync_cli.models import SAMPLE_MODEL, list_model_videos, model_name
+from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_cli.store import Model, ModelStore
+from lipsync_cli.timing import first_sample_of_frame, frame_count, ping_pong
+from lipsync_cli.video import probe_video
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = lipsync_pb2.DESCRIPTOR.services_by_name["LipSync"].full_name  # "lipsync.v1.LipSync"
+MIN_RATE_HZ = 8_000
+MAX_RATE_HZ = 192_000
+MAX_CHANNELS = 8
+SAMPLE_TYPES = {lipsync_pb2.PCM_S16LE: "s16", lipsync_pb2.FLOAT32LE: "f32"}  # proto enum -> audio.pcm_to_float
+JPEG_QUALITY = 90
+# a whole clip travels in one message: 128 MiB is about 11 minutes of 48 kHz stereo PCM16
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+AUDIO_WINDOW_SAMPLES = SAMPLE_RATE_HZ * AUDIO_WINDOW_MS // 1000
+RESAMPLE_CUTOFF = 0.45  # anti-alias low-pass of the streaming resampler, as a share of the output rate
+RESAMPLE_FILTER_ORDER = 8
+
+# An `extra_servicers` entry registers another service on the server; it may return the full names
+# of the services it added, so they are marked SERVING and listed by reflection too.
+AddServicer = Callable[[grpc.Server], Iterable[str] | None]
+
+
+class _InvalidRequest(Exception):
+    """The request breaks the protocol (answered with INVALID_ARGUMENT); never leaves this module."""
+
+
+@dataclass(frozen=True)
+class _Format:
+    rate_hz: int
+    channels: int
+    sample_type: str  # "s16" or "f32"
+
+
+def _check_format(fmt: lipsync_pb2.AudioFormat) -> _Format:
+    if not MIN_RATE_HZ <= fmt.sample_rate_hz <= MAX_RATE_HZ:
+        raise _InvalidRequest(
+            f"sample rate {fmt.sample_rate_hz} Hz is not supported: use {MIN_RATE_HZ} to {MAX_RATE_HZ} Hz")
+    if not 1 <= fmt.channels <= MAX_CHANNELS:
+        raise _InvalidRequest(f"{fmt.channels} channels is not supported: use 1 to {MAX_CHANNELS}")
+    if fmt.sample_type not in SAMPLE_TYPES:
+        known = ", ".join(lipsync_pb2.SampleType.Name(t) for t in SAMPLE_TYPES)
+        raise _InvalidRequest(f"sample type {fmt.sample_type} is not supported: use {known}")
+    return _Format(fmt.sample_rate_hz, fmt.channels, SAMPLE_TYPES[fmt.sample_type])
+
+
+def _decode_mono(data: bytes, fmt: _Format) -> np.ndarray:
+    """Interleaved PCM bytes -> (n,) float32 mono at the format's rate; refuses NaN/inf."""
+    samples = pcm_to_float(data, sample_type=fmt.sample_type, channels=fmt.channels)
+    check_samples(samples, what="the audio")
+    return to_mono(samples)
+
+
+class StreamResampler:
+    """Resamples a stream chunk by chunk to `to_rate_hz`; the output does not depend on the chunking.
+
+    A Butterworth low-pass (its state carried across chunks) removes what would alias, then linear
+    interpolation at exact rational positions picks the output samples. Cruder than the polyphase
+    filter `audio.resample` uses on whole clips, but without its edge effects at every chunk
+    boundary, and plenty for the mouth driver's band levels below 8 kHz. After `flush`, the output
+    has as many samples as `audio.resample` gives for the whole input.
+    """
+
+    def __init__(self, *, from_rate_hz: int, to_rate_hz: int = SAMPLE_RATE_HZ):
+        ratio = Fraction(from_rate_hz, to_rate_hz)  # input samples per output sample
+        self.num, self.den = ratio.numerator, ratio.denominator
+        self.sos = None
+        if from_rate_hz > to_rate_hz:
+            self.sos = butter(RESAMPLE_FILTER_ORDER, RESAMPLE_CUTOFF * to_rate_hz, fs=from_rate_hz, output="sos")
+            self.zi = sosfilt_zi(self.sos) * 0.0  # the stream starts from silence
+        self.n_in = 0  # input samples received
+        self.n_out = 0  # output samples produced
+        self.last = np.zeros(0)  # the last input sample (filtered): the left neighbour of the next outputs
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """(n,) float32 at from_rate_hz -> (m,) float32 at to_rate_hz, everything that can be computed yet."""
+        if self.num == self.den:
+            return samples.astype(np.float32, copy=False)
+        x = samples.astype(np.float64)
+        if self.sos is not None and len(x):
+            x, self.zi = sosfilt(self.sos, x, zi=self.zi)
+        buf = np.concatenate([self.last, x])
+        self.n_in += len(x)
+        # output j sits at input position j * num / den and needs the input sample after it
+        return self._emit(buf, self.n_in - len(buf), -(-(self.n_in - 1) * self.den // self.num))
+
+    def flush(self) -> np.ndarray:
+        """End of input: the remaining output samples (the last input sample is held past the end)."""
+        if self.num == self.den or self.n_in == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._emit(np.concatenate([self.last, self.last]), self.n_in - 1, -(-self.n_in * self.den // self.num))
+
+    def _emit(self, buf: np.ndarray, buf_start: int, end: int) -> np.ndarray:
+        """Output samples n_out..end-1 from `buf`, which holds input samples `buf_start` on."""
+        j = np.arange(self.n_out, max(end, self.n_out), dtype=np.int64)
+        pos, rest = np.divmod(j * self.num, self.den)
+        frac = rest / self.den
+        left = pos - buf_start
+        out = buf[left] * (1.0 - frac) + buf[left + 1] * frac
+        self.n_out += len(j)
+        self.last = buf[-1:]
+        return out.astype(np.float32)
+
+
+def _frame_centre(index: int, fps: Fraction) -> int:
+    """The 16 kHz sample in the middle of output frame `index`."""
+    start = first_sample_of_frame(index, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)
+    return (start + first_sample_of_frame(index + 1, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)) // 2
+
+
+def _audio_window(buffer: np.ndarray, buffer_start: int, centre: int) -> np.ndarray:
+    """AUDIO_WINDOW_MS of samples centred on sample `centre`, from `buffer` (which holds samples
+    `buffer_start` on); zeros where the buffer has none."""
+    out = np.zeros(AUDIO_WINDOW_SAMPLES, dtype=np.float32)
+    first = centre - AUDIO_WINDOW_SAMPLES // 2
+    lo, hi = max(first, buffer_start), min(first + AUDIO_WINDOW_SAMPLES, buffer_start + len(buffer))
+    if hi > lo:
+        out[lo - first:hi - first] = buffer[lo - buffer_start:hi - buffer_start]
+    return out
+
+
+class _FrameMaker:
+    """Turns the driver's parameters for output frame i into a MouthFrame, for one call."""
+
+    def __init__(self, model: Model, stream: GeneratorStream, first_frame: int):
+        self.model, self.stream, self.first_frame = model, stream, first_frame
+
+    def make(self, index: int, params: MouthParams, audio: np.ndarray, captured_at_s: float = 0.0
+             ) -> lipsync_pb2.MouthFrame:
+        model_frame = ping_pong(self.first_frame + index, self.model.n_frames)
+        mouth = self.stream.render(model_frame=model_frame, params=params, audio=audio)
+        ok, jpeg = cv2.imencode(".jpg", mouth.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding of the mouth image of frame {index} failed")
+        return lipsync_pb2.MouthFrame(
+            index=index, prediction_data=jpeg.tobytes(), bounds=[float(v) for v in mouth.bounds],
+            speech=params.speech, model_frame=model_frame, mouth_open=params.open, shape=params.shape,
+            captured_at_s=captured_at_s)
+
+
+class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
+    """The `lipsync.v1.LipSync` service over a model store and one mouth generator."""
+
+    def __init__(self, store: ModelStore, generator: MouthGenerator):
+        self.store, self.generator = store, generator
+
+    def RenderClip(self, request: lipsync_pb2.ClipRequest, context: grpc.ServicerContext
+                   ) -> Iterator[lipsync_pb2.MouthFrame]:
+        """One reply per output frame of the whole clip, in order."""
+        with _status_from_errors(context, "RenderClip"):
+            fmt = _check_format(request.format)
+            if not request.audio:
+                raise _InvalidRequest("the request holds no audio")
+            mono = resample(_decode_mono(request.audio, fmt), from_rate_hz=fmt.rate_hz, to_rate_hz=SAMPLE_RATE_HZ)
+            model = self._model(request.model)
+            frame_samples = first_sample_of_frame(1, fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
+            if len(mono) < frame_samples:
+                raise _InvalidRequest(
+                    f"{1000 * len(mono) / SAMPLE_RATE_HZ:.1f} ms of audio is shorter than one video frame "
+                    f"({1000 / float(model.fps):.1f} ms at {float(model.fps):g} fps)")
+            frames = _FrameMaker(model, self.generator.open_stream(model), request.first_frame)
+            for i, params in enumerate(drive(mono, fps=model.fps)):
+                if not context.is_active():
+                    log.info("RenderClip: the client went away after %d frames; stopping", i)
+                    return
+                yield frames.make(i, params, _audio_window(mono, 0, _frame_centre(i, model.fps)))
+
+    def StreamAudio(self, request_iterator: Iterator[lipsync_pb2.AudioChunk], context: grpc.ServicerContext
+                    ) -> Iterator[lipsync_pb2.MouthFrame]:
+        """A reply per output frame as soon as the driver has decided it."""
+        with _status_from_errors(context, "StreamAudio"):
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("body") != "start":
+                raise _InvalidRequest("the first message of a stream must be a StreamStart naming the model "
+                                      "and the audio format")
+            fmt = _check_format(first.start.format)
+            model = self._model(first.start.model)
+            live = _LiveStream(model, self.generator.open_stream(model), fmt, first.start.first_frame)
+            captured_at_s = first.captured_at_s
+            for chunk in request_iterator:
+                if chunk.WhichOneof("body") != "audio":
+                    raise _InvalidRequest("only the first message of a stream may be a StreamStart")
+                captured_at_s = chunk.captured_at_s
+                for frame in live.push(chunk.audio, captured_at_s):
+                    if not context.is_active():
+                        return
+                    yield frame
+            for frame in live.flush(captured_at_s):
+                if not context.is_active():
+                    return
+                yield frame
+
+    def ListModels(self, request: lipsync_pb2.ListModelsRequest, context: grpc.ServicerContext
+                   ) -> lipsync_pb2.ListModelsResponse:
+        """Every model video this service can serve by name."""
+        with _status_from_errors(context, "ListModels"):
+            videos = list_model_videos(models_dir=self.store.models_dir)
+            # the bundled sample answers to its name whenever no model video shadows it
+            if SAMPLE_MODEL.is_file() and model_name(SAMPLE_MODEL) not in {model_name(v) for v in videos}:
+                videos.append(SAMPLE_MODEL)
+            return lipsync_pb2.ListModelsResponse(models=[self._model_info(v) for v in videos])
+
+    def _model(self, name: str) -> Model:
+        if not name:
+            raise _InvalidRequest("the request names no model (ListModels lists them)")
+        try:
+            return self.store.get(name, names_only=True)
+        except ModelNotFoundError as exc:
+            log.info("unknown model requested: %s", exc)
+            # the store's message lists the folders searched: no business of a remote client
+            raise ModelNotFoundError(f"no model named {name!r} on this server (ListModels lists them)") from exc
+
+    def _model_info(self, video: Path) -> lipsync_pb2.ModelInfo:
+        info = lipsync_pb2.ModelInfo(name=model_name(video), prepared=self.store.is_prepared(video))
+        try:
+            probe = probe_video(video)
+        except LipsyncError as exc:
+            log.warning("model %s cannot be read: %s", info.name, exc)
+            return info
+        info.width, info.height, info.fps, info.frames = probe.width, probe.height, float(probe.fps), probe.n_frames
+        return info
+
+
+class _LiveStream:
+    """One StreamAudio call: audio chunks -> 16 kHz mono -> driver -> rendered frames."""
+
+    def __init__(self, model: Model, stream: GeneratorStream, fmt: _Format, first_frame: int):
+        self.fmt, self.fps = fmt, model.fps
+        self.resampler = StreamResampler(from_rate_hz=fmt.rate_hz)
+        self.driver = MouthDriver(fps=model.fps)
+        self.frames = _FrameMaker(model, stream, first_frame)
+        self.next_index = 0
+        # recent 16 kHz audio for the generator's window: samples `history_start` on
+        self.history = np.zeros(0, dtype=np.float32)
+        self.history_start = 0
+
+    def push(self, data: bytes, captured_at_s: float) -> Iterator[lipsync_pb2.MouthFrame]:
+        """Frames completed by one chunk of interleaved PCM bytes."""
+        mono = self.resampler.push(_decode_mono(data, self.fmt))
+        return self._frames(mono, self.driver.push(mono), captured_at_s)
+
+    def flush(self, captured_at_s: float) -> Iterator[lipsync_pb2.MouthFrame]:
+        """The frames left at the end of the input."""
+        mono = self.resampler.flush()
+        decided = self.driver.push(mono) + self.driver.flush()
+        return self._frames(mono, decided, captured_at_s)
+
+    def _frames(self, mono: np.ndarray, decided: list[MouthParams], captured_at_s: float
+                ) -> Iterator[lipsync_pb2.MouthFrame]:
+        self.history = np.concatenate([self.history, mono])
+        for params in decided:
+            # a live frame goes out at once: audio that has not arrived yet is zeros in its window
+            window = _audio_window(self.history, self.history_start, _frame_centre(self.next_index, self.fps))
+            yield self.frames.make(self.next_index, params, window, captured_at_s)
+            self.next_index += 1
+        keep_from = _frame_centre(self.next_index, self.fps) - AUDIO_WINDOW_SAMPLES // 2
+        drop = min(max(0, keep_from - self.history_start), len(self.history))
+        self.history, self.history_start = self.history[drop:], self.history_start + drop
+
+
+@contextmanager
+def _status_from_errors(context: grpc.ServicerContext, rpc: str) -> Iterator[None]:
+    """Answer a failed call with its status code and a one-line message, never crash the server."""
+    try:
+        yield
+    except (_InvalidRequest, AudioError) as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except ModelNotFoundError as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    except LipsyncError as exc:
+        log.error("%s failed: %s", rpc, exc)
+        context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed: {exc}")
+    except Exception as exc:
+        if not context.is_active():
+            # a cancelled client makes reading its requests raise: nothing is wrong on this side
+            log.info("%s: the client went away", rpc)
+            return
+        log.exception("%s failed unexpectedly", rpc)
+        context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed unexpectedly: {type(exc).__name__}: {exc}")
+
+
+def create_server(address: str = "127.0.0.1:0", *, store: ModelStore, generator: MouthGenerator | None = None,
+                  max_workers: int = 16, extra_servicers: Iterable[AddServicer] = ()) -> tuple[grpc.Server, int]:
+    """A started gRPC server with the LipSync, health and reflection services; returns it and its port.
+
+    address: "host:port"; port 0 picks a free one. generator: the mouth generator (default: the
+    avatar's own mouth). max_workers: calls served at once (a stream holds one for its whole life).
+    extra_servicers: callables `add(server)` that register more services (for example the original
+    system's API); each may return the full names of what it added, for health and reflection.
+    """
+    generator = generator if generator is not None else make_generator()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lipsync-rpc"),
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    lipsync_pb2_grpc.add_LipSyncServicer_to_server(LipSyncServicer(store, generator), server)
+    names = [SERVICE_NAME]
+    for add in extra_servicers:
+        names.extend(add(server) or ())
+
+    health_servicer = health.HealthServicer()
+    for name in ("", *names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
+
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ServiceError(f"cannot listen on {address} ({exc}): pick another port or host") from exc
+    if port == 0:
+        raise ServiceError(f"cannot listen on {address}: pick another port or host")
+    server.start()
+    log.info("lip-sync service listening on %s (port %d)", address, port)
+    return server, port

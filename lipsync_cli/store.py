@@ -1,0 +1,145 @@
+"""Prepared models in memory: a `Model` reads its cache file, a `ModelStore` keeps an LRU of them.
+
+`render`, `live`, `serve` and the gRPC service all get models through a `ModelStore`, which
+prepares a model on first use if it has no good cache yet.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lipsync_cli.cache import REGION_PX, cache_path, check_cache, prepare_model
+from lipsync_cli.errors import CacheError
+from lipsync_cli.models import find_named_model, model_name, resolve_model
+from lipsync_cli.progress import ProgressFn
+
+DEFAULT_MODEL_LIMIT = 5
+
+
+class Model:
+    """One prepared model video: frames and mouth regions (decoded on demand) plus tracking data."""
+
+    def __init__(self, video: Path, cache_file: Path):
+        self.video = Path(video)
+        self.name = model_name(video)
+        self.cache_file = Path(cache_file)
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                a = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cannot read the cache {cache_file} ({exc})") from exc
+        self.fps = Fraction(int(a["fps"][0]), int(a["fps"][1]))
+        self.width, self.height = (int(v) for v in a["frame_size"])
+        self._frame_jpeg, self._frame_off = a["frame_jpeg"], a["frame_offsets"]
+        self._region_jpeg, self._region_off = a["region_jpeg"], a["region_offsets"]
+        self.face_bounds: np.ndarray = a["face_bounds"]  # (N, 4) float32
+        self.mouth_bounds: np.ndarray = a["mouth_bounds"]  # (N, 4) float32, what region images cover
+        self.landmarks: np.ndarray = a["landmarks"]  # (N, 468, 2) float32, full-frame pixels
+        self.mouth_open: np.ndarray = a["mouth_open"]  # (N,) float32
+        self.mouth_width: np.ndarray = a["mouth_width"]  # (N,) float32
+        self.face_found: np.ndarray = a["face_found"].astype(bool)
+        self.source_stat = (int(a["source_size_bytes"]), int(a["source_mtime_ns"]))
+        self.n_frames = len(self.face_found)
+        self.region_px = REGION_PX
+
+    def frame_jpeg(self, i: int) -> bytes:
+        return self._frame_jpeg[self._frame_off[i]:self._frame_off[i + 1]].tobytes()
+
+    def frame(self, i: int) -> np.ndarray:
+        """Full frame i as (H, W, 3) uint8 BGR."""
+        return cv2.imdecode(self._frame_jpeg[self._frame_off[i]:self._frame_off[i + 1]], cv2.IMREAD_COLOR)
+
+    def region(self, i: int) -> np.ndarray:
+        """The 320x320 mouth region of frame i (the area `mouth_bounds[i]` covers), BGR."""
+        return cv2.imdecode(self._region_jpeg[self._region_off[i]:self._region_off[i + 1]], cv2.IMREAD_COLOR)
+
+    def region_points(self, i: int, points: np.ndarray | None = None) -> np.ndarray:
+        """Landmarks of frame i (or `points`, full-frame pixels) in that frame's region pixels."""
+        b = self.mouth_bounds[i]
+        pts = self.landmarks[i] if points is None else points
+        return (pts - b[:2]) * (self.region_px / (b[2] - b[0]))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays of this model."""
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / float(self.fps)
+
+
+def _stat(video: Path) -> tuple[int, int]:
+    st = video.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    loaded: tuple[str, ...]  # names, least recently used first
+    bytes_held: int
+    limit: int
+
+
+class ModelStore:
+    """An LRU of loaded models (thread-safe). Models are looked up by name or path."""
+
+    def __init__(self, *, cache_dir: Path | None = None, models_dir: Path | None = None,
+                 limit: int = DEFAULT_MODEL_LIMIT, progress: ProgressFn | None = None):
+        if limit < 1:
+            raise ValueError("the model limit must be at least 1")
+        self.cache_dir, self.models_dir, self.limit = cache_dir, models_dir, limit
+        self.progress = progress
+        self._models: OrderedDict[Path, Model] = OrderedDict()
+        self._aliases: dict[str, Path] = {}  # names of videos given by path (see register)
+        self._lock = threading.Lock()
+
+    def register(self, video: Path) -> str:
+        """Make a video given by path reachable by its model name (for the in-process service)."""
+        video = Path(video).resolve()
+        self._aliases[model_name(video)] = video
+        return model_name(video)
+
+    def resolve(self, spec: str, *, names_only: bool = False) -> Path:
+        """The video a name (or, unless names_only, a path) stands for."""
+        if spec in self._aliases:
+            return self._aliases[spec]
+        if names_only:
+            return find_named_model(spec, models_dir=self.models_dir)
+        return resolve_model(spec, models_dir=self.models_dir)
+
+    def is_loaded(self, video: Path) -> bool:
+        with self._lock:
+            return Path(video).resolve() in self._models
+
+    def get(self, spec: str | Path, *, names_only: bool = False) -> Model:
+        """The loaded model for a name or video path; prepares and loads it if needed."""
+        video = Path(spec).resolve() if isinstance(spec, Path) else self.resolve(spec, names_only=names_only).resolve()
+        with self._lock:
+            model = self._models.get(video)
+            if model is not None and _stat(video) == model.source_stat:
+                self._models.move_to_end(video)
+                return model
+            result = prepare_model(video, cache_dir=self.cache_dir, progress=self.progress)
+            model = Model(video, result.cache)
+            self._models[video] = model
+            self._models.move_to_end(video)
+            while len(self._models) > self.limit:
+                self._models.popitem(last=False)
+            return model
+
+    def is_prepared(self, video: Path) -> bool:
+        """True when the video has a good cache (no work needed to load it)."""
+        return check_cache(Path(video), cache_path(Path(video), self.cache_dir)) == ""
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return StoreStats(tuple(m.name for m in self._models.values()),
+                              sum(m.nbytes for m in self._models.values()), self.limit)

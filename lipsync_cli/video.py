@@ -1,0 +1,229 @@
+"""Video in and out through PyAV: decode any stream FFmpeg reads, write H.264 + AAC MP4.
+
+Output files are written to a temporary file beside the target and renamed into place only when
+complete, so an interrupted write never leaves a broken file under the user's name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import cv2  # noqa: F401  (cv2 before av: PyAV's bundled libxcb otherwise hangs cv2.imshow)
+import numpy as np
+
+from lipsync_cli.errors import OutputError, VideoError
+
+AAC_RATES_HZ = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+AAC_FRAME_SAMPLES = 1024  # the AAC encoder takes audio frames of exactly this many samples
+DEFAULT_PRESET = "veryfast"
+DEFAULT_CRF = 20
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: Fraction
+    width: int
+    height: int
+    n_frames: int  # as the container declares it; 0 when unknown
+    duration_s: float
+
+
+def _open(path: Path):
+    import av
+
+    if not path.exists():
+        raise VideoError(f"{path}: no such file")
+    if path.is_dir():
+        raise VideoError(f"{path}: is a folder, not a video file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: the file is empty (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoError(f"{path}: not a readable video file ({exc})") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: the file has no video stream")
+    return container
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame rate, size, frame count and duration of a video file."""
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        fps = Fraction(rate).limit_denominator(1001)
+        duration_s = float(stream.duration * stream.time_base) if stream.duration else (
+            container.duration / 1e6 if container.duration else 0.0)
+        return VideoInfo(fps=fps, width=stream.codec_context.width, height=stream.codec_context.height,
+                         n_frames=int(stream.frames or 0), duration_s=duration_s)
+
+
+def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Decode every frame of the first video stream as (H, W, 3) uint8 BGR."""
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="bgr24")
+        except av.FFmpegError as exc:
+            raise VideoError(f"{path}: the video stream is damaged ({exc})") from exc
+
+
+def _audio_layout(channels: int) -> str:
+    return "mono" if channels == 1 else "stereo"
+
+
+class Mp4Writer:
+    """Write BGR frames and float audio to an H.264 (yuv420p) + AAC MP4, moov atom first.
+
+    Use as a context manager: on an exception the temporary file is removed and `path` is left
+    untouched; on success the finished file is renamed to `path`.
+    """
+
+    def __init__(self, path: str | Path, *, fps: Fraction, width: int, height: int,
+                 audio_rate_hz: int | None = None, audio_channels: int = 1,
+                 preset: str = DEFAULT_PRESET, crf: int = DEFAULT_CRF):
+        import av
+
+        self.path = Path(path)
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"{self.path}: the folder {parent} does not exist")
+        if self.path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+            raise OutputError(f"{self.path}: the output must be an .mp4 file")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=parent)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write in {parent} ({exc.strerror})") from exc
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self.fps = Fraction(fps)
+        # H.264 in yuv420p needs even dimensions
+        self.width, self.height = width - width % 2, height - height % 2
+        try:
+            self._container = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
+            vs = self._container.add_stream("libx264", rate=self.fps)
+            vs.width, vs.height, vs.pix_fmt = self.width, self.height, "yuv420p"
+            vs.options = {"preset": preset, "crf": str(crf)}
+            vs.thread_type = "AUTO"
+            self._video = vs
+            self._audio = None
+            if audio_rate_hz:
+                self.audio_channels = min(max(audio_channels, 1), 2)
+                self.audio_rate_hz = audio_rate_hz if audio_rate_hz in AAC_RATES_HZ else 48000
+                self._source_rate_hz = audio_rate_hz
+                aus = self._container.add_stream("aac", rate=self.audio_rate_hz)
+                aus.layout = _audio_layout(self.audio_channels)
+                aus.options = {"b": "160k" if self.audio_channels == 2 else "128k"}
+                self._audio = aus
+                self._pending = np.zeros((0, self.audio_channels), np.float32)
+                self._audio_pts = 0
+        except Exception:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        self.frames_written = 0
+        self._closed = False
+
+    def write_frame(self, bgr: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 BGR frame (cropped to even size if needed)."""
+        import av
+
+        if bgr.shape[0] != self.height or bgr.shape[1] != self.width:
+            bgr = bgr[: self.height, : self.width]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
+        frame.pts = self.frames_written
+        frame.time_base = 1 / self.fps
+        self._mux(self._video.encode(frame))
+        self.frames_written += 1
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """Append (n, channels) or (n,) float32 audio at the rate given to the constructor."""
+        if self._audio is None:
+            return
+        from lipsync_cli.audio import resample
+
+        a = samples.reshape(len(samples), -1).astype(np.float32, copy=False)
+        if a.shape[1] != self.audio_channels:  # mono -> stereo or many -> stereo/mono
+            a = np.repeat(a.mean(axis=1, keepdims=True), self.audio_channels, axis=1)
+        if self._source_rate_hz != self.audio_rate_hz:
+            a = np.stack([resample(a[:, c], from_rate_hz=self._source_rate_hz, to_rate_hz=self.audio_rate_hz)
+                          for c in range(a.shape[1])], axis=1)
+        self._pending = np.concatenate([self._pending, np.clip(a, -1.0, 1.0)])
+        self._encode_audio(final=False)
+
+    def _encode_audio(self, *, final: bool) -> None:
+        import av
+
+        n_full = len(self._pending) // AAC_FRAME_SAMPLES * AAC_FRAME_SAMPLES
+        if final and len(self._pending) > n_full:
+            pad = AAC_FRAME_SAMPLES - (len(self._pending) - n_full)
+            self._pending = np.concatenate([self._pending, np.zeros((pad, self.audio_channels), np.float32)])
+            n_full = len(self._pending)
+        for start in range(0, n_full, AAC_FRAME_SAMPLES):
+            block = self._pending[start:start + AAC_FRAME_SAMPLES]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.T), format="fltp",
+                                               layout=_audio_layout(self.audio_channels))
+            frame.sample_rate = self.audio_rate_hz
+            frame.pts = self._audio_pts
+            frame.time_base = Fraction(1, self.audio_rate_hz)
+            self._audio_pts += AAC_FRAME_SAMPLES
+            self._mux(self._audio.encode(frame))
+        self._pending = self._pending[n_full:]
+
+    def _mux(self, packets) -> None:
+        import av
+
+        try:
+            self._container.mux(packets)
+        except (av.FFmpegError, OSError) as exc:
+            raise OutputError(f"{self.path}: writing failed ({exc})") from exc
+
+    def close(self) -> None:
+        """Flush the encoders, finish the file and move it to its final name."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._mux(self._video.encode(None))
+            if self._audio is not None:
+                self._encode_audio(final=True)
+                self._mux(self._audio.encode(None))
+            self._container.close()
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise OutputError(f"{self.path}: cannot write ({exc.strerror or exc})") from exc
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+
+    def abort(self) -> None:
+        """Drop the partial file; `path` is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.close()
+        except Exception:  # the file is being thrown away; a failing close changes nothing
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

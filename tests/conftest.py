@@ -1,0 +1,60 @@
+"""Shared test fixtures: real media paths, one model cache per test session, small generated WAVs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE_VIDEO = REPO / "samples" / "avatar.mp4"
+SAMPLE_SPEECH = REPO / "samples" / "speech.wav"
+SPEAKER_VIDEO = SHARED_DATA / "speaker_man_1080x1920_25fps.mp4"
+DRAWN_VIDEO = SHARED_DATA / "illustrated_704x1216_25fps.mp4"
+SPEECH_16K = SHARED_DATA / "speech_16k_mono_20s.wav"
+SPEECH_44K = SHARED_DATA / "speech_44k_stereo_7s.wav"
+SPEECH_48K = SHARED_DATA / "speech_48k_stereo_8s.wav"
+
+
+def shared(path: Path) -> Path:
+    """A file from ../shared/data, or skip the test with the reason."""
+    if not path.exists():
+        pytest.skip(f"real media {path.name} not found: ../shared/data is missing on this machine")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One model cache for the whole session, so each model is prepared once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def store(cache_dir):
+    from lipsync_cli.store import ModelStore
+
+    return ModelStore(cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def sample_model(store):
+    return store.get(SAMPLE_VIDEO)
+
+
+def espeak_wav(path: Path, text: str, *, rate_wpm: int = 160) -> Path:
+    """Speech made with espeak-ng into `path` (skips the test when espeak-ng is not installed)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(rate_wpm), "-w", str(path), text], check=True)
+    return path
+
+
+def write_wav(path: Path, samples: np.ndarray, rate_hz: int, subtype: str = "PCM_16") -> Path:
+    import soundfile as sf
+
+    sf.write(str(path), samples, rate_hz, subtype=subtype)
+    return path

@@ -1,0 +1,407 @@
+"""`lipsync serve`'s HTTP side, against real servers on free loopback ports and a real client.
+
+The token endpoint is driven through the real `openai` SDK against a fake OpenAI server on
+127.0.0.1 (OPENAI_BASE_URL), so no test needs the internet or a real key.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from lipsync_cli.errors import LipsyncError, ServiceError
+from lipsync_cli.http_server import ServeSettings, create_server
+from lipsync_cli.video import Mp4Writer
+
+FAKE_SECRET_VALUE = "ek_test_0123456789"
+FAKE_EXPIRES_AT = 1_900_000_000
+OUTSIDE_BYTES = b"THIS FILE IS OUTSIDE THE MODEL FOLDER"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """A real H.264 model video in a models folder, and a file beside the folder that must stay unread."""
+    root = tmp_path_factory.mktemp("serve")
+    models = root / "models"
+    models.mkdir()
+    rng = np.random.default_rng(7)
+    with Mp4Writer(models / "clip.mp4", fps=Fraction(25), width=96, height=96) as writer:
+        for _ in range(30):  # noise keeps x264 from squeezing the file to nothing
+            writer.write_frame(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    (root / "secret.mp4").write_bytes(OUTSIDE_BYTES)
+    (root / "secret.txt").write_bytes(OUTSIDE_BYTES)
+    return {"root": root, "models": models, "video": models / "clip.mp4", "cache": root / "cache"}
+
+
+def _settings(media, **overrides) -> ServeSettings:
+    # explicit None: a key or secret in the environment of the test run must not leak in
+    base = dict(models_dir=media["models"], cache_dir=media["cache"], openai_api_key=None, token_secret=None)
+    return ServeSettings(**(base | overrides))
+
+
+@pytest.fixture
+def start(media):
+    """Start servers on free ports; stops them after the test. start(**settings) -> base URL."""
+    running = []
+
+    def _start(**overrides) -> str:
+        server, port = create_server(_settings(media, **overrides), host="127.0.0.1", port=0)
+        running.append(server)
+        return f"http://127.0.0.1:{port}"
+
+    yield _start
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(media):
+    server, port = create_server(_settings(media), host="127.0.0.1", port=0)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=10) as c:
+        yield c
+
+
+def _raw_get(base_url: str, raw_path: str) -> tuple[int, bytes]:
+    """GET a path exactly as written: httpx would normalise `..` and re-encode it."""
+    host, port = base_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", raw_path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# --- the model video: ranges, HEAD, caching ----------------------------------------------------
+
+def test_full_get_and_head(client, media):
+    data = media["video"].read_bytes()
+    r = client.get("/api/model-video/clip")
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-type"] == "video/mp4" and r.headers["accept-ranges"] == "bytes"
+    head = client.head("/api/model-video/clip.mp4")
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(data)
+    assert head.headers["etag"] == r.headers["etag"] and head.headers["last-modified"]
+
+
+def test_range_requests_return_the_file_bytes(client, media):
+    data = media["video"].read_bytes()
+    size = len(data)
+    rng = random.Random(3)
+    cases = [(0, 0), (100, 1099), (size - 10, size - 1)]
+    cases += [(a, min(size - 1, a + rng.randrange(1, 20000))) for a in (rng.randrange(size) for _ in range(5))]
+    for first, last in cases:
+        r = client.get("/api/model-video/clip", headers={"Range": f"bytes={first}-{last}"})
+        assert r.status_code == 206
+        assert r.content == data[first:last + 1]
+        assert r.headers["content-range"] == f"bytes {first}-{last}/{size}"
+    suffix = client.get("/api/model-video/clip", headers={"Range": "bytes=-500"})
+    assert suffix.status_code == 206 and suffix.content == data[-500:]
+    open_ended = client.get("/api/model-video/clip", headers={"Range": f"bytes={size - 300}-"})
+    assert open_ended.content == data[-300:]
+    past_end_clipped = client.get("/api/model-video/clip", headers={"Range": f"bytes={size - 5}-{size + 999}"})
+    assert past_end_clipped.status_code == 206 and past_end_clipped.content == data[-5:]
+    head = client.head("/api/model-video/clip", headers={"Range": "bytes=10-19"})
+    assert head.status_code == 206 and head.headers["content-range"] == f"bytes 10-19/{size}"
+    multi = client.get("/api/model-video/clip", headers={"Range": "bytes=0-9,20-29"})
+    assert multi.status_code == 206 and multi.headers["content-type"].startswith("multipart/byteranges")
+    assert data[0:10] in multi.content and data[20:30] in multi.content
+
+
+def test_range_past_the_end_is_416(client, media):
+    size = media["video"].stat().st_size
+    for spec in (f"bytes={size}-", f"bytes={size + 100}-{size + 200}"):
+        r = client.get("/api/model-video/clip", headers={"Range": spec})
+        assert r.status_code == 416
+        assert r.headers["content-range"] == f"bytes */{size}"
+
+
+def test_conditional_requests(client, media, tmp_path):
+    first = client.get("/api/model-video/clip")
+    etag, modified = first.headers["etag"], first.headers["last-modified"]
+    for header in ({"If-None-Match": etag}, {"If-None-Match": f'"nope", W/{etag}'}, {"If-None-Match": "*"},
+                   {"If-Modified-Since": modified}):
+        r = client.get("/api/model-video/clip", headers=header)
+        assert r.status_code == 304 and r.content == b"", header
+        assert r.headers["etag"] == etag
+    assert client.get("/api/model-video/clip", headers={"If-None-Match": '"other"'}).status_code == 200
+    old = client.get("/api/model-video/clip", headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    assert old.status_code == 200
+    # a stale If-Range means "the file changed": the whole file, not the range
+    stale = client.get("/api/model-video/clip", headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert stale.status_code == 200 and len(stale.content) == media["video"].stat().st_size
+
+
+def test_replaced_video_gets_a_new_etag(start, media, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    video = models / "clip.mp4"
+    video.write_bytes(media["video"].read_bytes())
+    url = start(models_dir=models)
+    etag = httpx.get(f"{url}/api/model-video/clip").headers["etag"]
+    video.write_bytes(media["video"].read_bytes()[:-1000])
+    os.utime(video, (1_700_000_000, 1_700_000_000))
+    r = httpx.get(f"{url}/api/model-video/clip", headers={"If-None-Match": etag})
+    assert r.status_code == 200 and r.headers["etag"] != etag and len(r.content) == video.stat().st_size
+
+
+def test_unknown_model_is_404_without_server_paths(client, media):
+    r = client.get("/api/model-video/nobody")
+    assert r.status_code == 404 and "nobody" in r.json()["error"]
+    assert str(media["root"]) not in r.text and "model_videos" not in r.text
+
+
+TRAVERSALS = [
+    "../secret.mp4",
+    "..%2fsecret.mp4",
+    "%2e%2e%2fsecret.mp4",
+    "%2E%2E%2Fsecret.txt",
+    "%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "models/../../secret.mp4",
+    "..%5csecret.mp4",
+    "..\\secret.mp4",
+    "/etc/passwd",
+    "%2fetc%2fpasswd",
+    "C:%5cWindows%5cwin.ini",
+    "secret.mp4%00",
+    "clip.mp4%00.txt",
+    "..%252fsecret.mp4",
+    "%c0%ae%c0%ae%c0%afsecret.mp4",
+    "..",
+    "x%0d%0aWARNING%20forged%20log%20line",
+    "a" * 300,
+]
+
+
+@pytest.mark.parametrize("name", TRAVERSALS)
+def test_traversal_is_refused_and_logged(base_url, name, caplog):
+    caplog.set_level(logging.WARNING, logger="lipsync_cli.http_server")
+    status, body = _raw_get(base_url, f"/api/model-video/{name}")
+    assert status in (400, 404)
+    assert OUTSIDE_BYTES not in body and b"root:" not in body
+    refusals = [r for r in caplog.records if "refused model name" in r.getMessage()]
+    assert len(refusals) == 1, caplog.text
+    message = refusals[0].getMessage()
+    assert refusals[0].levelno == logging.WARNING and "127.0.0.1:" in message
+    # escaped: a name cannot forge log lines or carry control characters into the log
+    assert message.isprintable() and message.isascii()
+
+
+# --- model list, health, page ------------------------------------------------------------------
+
+def test_models_list_and_health(client, media):
+    models = client.get("/api/models").json()
+    clip = next(m for m in models if m["name"] == "clip")
+    assert clip == {"name": "clip", "url": "/api/model-video/clip", "size_bytes": media["video"].stat().st_size,
+                    "duration_s": pytest.approx(1.2, abs=0.05), "fps": 25.0, "width": 96, "height": 96,
+                    "prepared": False}
+    for m in models:  # every listed model can be fetched
+        assert client.head(m["url"]).status_code == 200
+    health = client.get("/healthz").json()
+    assert health == {"ok": True, "models": len(models)}
+
+
+def test_index_page_and_assets(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="models"' in page.text and "app.js" in page.text and "//cdn" not in page.text
+    script = client.get("/app.js")
+    assert script.status_code == 200 and "/api/models" in script.text and "textContent" in script.text
+    assert client.get("/style.css").status_code == 200
+
+
+def test_loopback_server_refuses_foreign_host_names(client, base_url):
+    port = base_url.rsplit(":", 1)[1]
+    assert client.get("/healthz", headers={"Host": "rebound.example.com"}).status_code == 400
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"app.localhost:{port}"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+
+
+# --- the token endpoint ------------------------------------------------------------------------
+
+class _FakeOpenAI(BaseHTTPRequestHandler):
+    """Answers POST /v1/realtime/client_secrets like OpenAI: a secret, or a 401 that quotes the key."""
+
+    def do_POST(self):  # noqa: N802 (the stdlib's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append({"path": self.path, "auth": self.headers["Authorization"], "body": body})
+        if self.server.mode == "ok":
+            status, answer = 200, {"value": FAKE_SECRET_VALUE, "expires_at": FAKE_EXPIRES_AT,
+                                   "session": {"type": "realtime", "model": body["session"]["model"]}}
+        else:
+            key = self.headers["Authorization"].removeprefix("Bearer ")
+            status, answer = 401, {"error": {"message": f"Incorrect API key provided: {key}.",
+                                             "type": "invalid_request_error", "code": "invalid_api_key"}}
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture
+def fake_openai(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+    server.mode, server.requests = "ok", []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def api_key() -> str:
+    return f"sk-test-{secrets.token_hex(16)}"
+
+
+def _assert_no_key(key: str, response: httpx.Response, caplog) -> None:
+    assert key not in response.text and key[:16] not in response.text
+    assert all(key not in v for v in response.headers.values())
+    assert key not in caplog.text and key[:16] not in caplog.text
+
+
+def test_token_is_minted_and_key_never_shown(start, fake_openai, api_key, caplog):
+    caplog.set_level(logging.DEBUG)  # every logger, the SDK's and the server's included
+    url = start(openai_api_key=api_key)
+    for path in ("/api/token", "/token"):
+        r = httpx.post(f"{url}{path}")
+        assert r.status_code == 200
+        assert r.json() == {"value": FAKE_SECRET_VALUE, "expires_at": FAKE_EXPIRES_AT}
+        assert r.headers["cache-control"] == "no-store"
+        _assert_no_key(api_key, r, caplog)
+    sent = fake_openai.requests[0]
+    assert sent["path"] == "/v1/realtime/client_secrets" and sent["auth"] == f"Bearer {api_key}"
+    assert sent["body"]["expires_after"] == {"anchor": "created_at", "seconds": 600}
+    assert sent["body"]["session"] == {"type": "realtime", "model": "gpt-realtime"}
+
+
+def test_upstream_refusal_is_a_clear_502_without_the_key(start, fake_openai, api_key, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake_openai.mode = "unauthorized"
+    url = start(openai_api_key=api_key)
+    r = httpx.post(f"{url}/api/token")
+    assert r.status_code == 502 and r.json() == {"error": "OpenAI refused to create a client secret (HTTP 401)"}
+    _assert_no_key(api_key, r, caplog)
+
+
+def test_unreachable_upstream_is_a_502(start, monkeypatch, api_key, caplog):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{s.getsockname()[1]}/v1")
+    url = start(openai_api_key=api_key)
+    r = httpx.post(f"{url}/token", timeout=30)
+    assert r.status_code == 502 and "cannot reach the OpenAI API" in r.json()["error"]
+    _assert_no_key(api_key, r, caplog)
+
+
+def test_no_key_is_503_saying_what_to_set(client):
+    r = client.post("/api/token")
+    assert r.status_code == 503 and "OPENAI_API_KEY" in r.json()["error"]
+
+
+def test_shared_secret_is_enforced(start, fake_openai, api_key, caplog):
+    caplog.set_level(logging.DEBUG)
+    shared = "correct horse battery staple"
+    url = start(openai_api_key=api_key, token_secret=shared)
+    refused = [{}, {"Authorization": "Bearer wrong"}, {"X-Lipsync-Secret": "wrong"},
+               {"Authorization": shared}, {"X-Lipsync-Secret": shared[:-1]}]
+    for headers in refused:
+        r = httpx.post(f"{url}/api/token", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
+    assert not fake_openai.requests
+    for headers in ({"Authorization": f"Bearer {shared}"}, {"X-Lipsync-Secret": shared}):
+        assert httpx.post(f"{url}/token", headers=headers).json()["value"] == FAKE_SECRET_VALUE
+    assert "refused a token request" in caplog.text and shared not in caplog.text
+
+
+def test_cors_is_off_by_default_and_exact_when_set(client, start):
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    for r in (client.options("/api/token", headers=preflight),
+              client.get("/api/models", headers={"Origin": "https://evil.example"})):
+        assert "access-control-allow-origin" not in r.headers
+    url = start(allowed_origins=("https://app.example",))
+    ok = httpx.options(f"{url}/api/token", headers={"Origin": "https://app.example",
+                                                     "Access-Control-Request-Method": "POST",
+                                                     "Access-Control-Request-Headers": "authorization"})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
+    ranged = httpx.get(f"{url}/api/model-video/clip", headers={"Origin": "https://app.example", "Range": "bytes=0-1"})
+    assert ranged.headers["access-control-allow-origin"] == "https://app.example"
+    assert "content-range" in ranged.headers["access-control-expose-headers"].lower()
+    other = httpx.get(f"{url}/api/models", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+# --- settings and the server's life -----------------------------------------------------------
+
+def test_settings_are_validated_and_keep_secrets_out_of_repr(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("LIPSYNC_TOKEN_SECRET", "shh-from-env")
+    settings = ServeSettings()
+    assert settings.openai_api_key == "sk-from-env" and settings.token_secret == "shh-from-env"
+    assert "sk-from-env" not in repr(settings) and "shh-from-env" not in repr(settings)
+    assert ServeSettings().allowed_origins == ()
+    for bad in ({"allowed_origins": ("app.example",)}, {"allowed_origins": ("https://app.example/",)},
+                {"token_ttl_s": 5}, {"token_secret": " "}):
+        with pytest.raises(LipsyncError):
+            ServeSettings(**bad)
+
+
+def test_server_binds_reports_its_port_and_stops(media):
+    server, port = create_server(_settings(media), port=0)
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["ok"] is True
+    with pytest.raises(ServiceError, match="cannot listen"):
+        create_server(_settings(media), port=port)
+    server.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz")
+
+
+def test_run_serve_starts_both_servers_and_stops(media):
+    pytest.importorskip("lipsync_cli.service", reason="the gRPC service (lipsync_cli/service.py) is not there yet")
+    grpc = pytest.importorskip("grpc")
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from lipsync_cli.serve import run_serve
+
+    ready, stop, urls = threading.Event(), threading.Event(), {}
+    thread = threading.Thread(target=run_serve, args=(_settings(media),),
+                              kwargs=dict(host="127.0.0.1", port=0, grpc_port=0, stop=stop,
+                                          on_ready=lambda u: (urls.update(u), ready.set())))
+    thread.start()
+    try:
+        assert ready.wait(20)
+        assert httpx.get(f"{urls['http']}healthz").json()["ok"] is True
+        with grpc.insecure_channel(urls["grpc"]) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not thread.is_alive()

@@ -1,0 +1,452 @@
+"""The gRPC service and its client, against real servers on port 0 and the committed stubs."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from conftest import REPO, SAMPLE_VIDEO, SPEECH_48K, shared
+from lipsync_cli.audio import SAMPLE_RATE_HZ, resample, to_mono
+from lipsync_cli.client import LipSyncClient, channel_target
+from lipsync_cli.errors import AudioError, ModelNotFoundError, ServiceError
+from lipsync_cli.generator import make_generator
+from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_cli.service import StreamResampler, create_server
+from lipsync_cli.timing import first_sample_of_frame, frame_count, ping_pong
+
+MODEL = "avatar"  # the bundled sample answers to its name
+CLIP_S = 3.0  # seconds of real speech per clip: enough for speech and pauses, quick to render
+CHUNK_MS = 40
+SLOW_RENDER_S = 0.02  # per frame, so a cancelled call would clearly go on working if not stopped
+
+
+class CountingGenerator:
+    """The real generator, counting rendered frames (and optionally slowed down or failing)."""
+
+    name = "counting"
+
+    def __init__(self, *, delay_s: float = 0.0, fail: bool = False):
+        self.inner, self.delay_s, self.fail = make_generator(), delay_s, fail
+        self.rendered = 0
+        self.lock = threading.Lock()
+
+    def open_stream(self, model):
+        stream = self.inner.open_stream(model)
+        counter = self
+
+        class Counted:
+            def render(self, **kwargs):
+                if counter.fail:
+                    raise RuntimeError("the generator broke")
+                time.sleep(counter.delay_s)
+                with counter.lock:
+                    counter.rendered += 1
+                return stream.render(**kwargs)
+
+        return Counted()
+
+
+@pytest.fixture(scope="module")
+def prepared(store):
+    """The sample model prepared once, so no test times its preparation."""
+    return store.get(SAMPLE_VIDEO)
+
+
+def _start(store, generator):
+    server, port = create_server(store=store, generator=generator)
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def service(store, prepared):
+    generator = CountingGenerator()
+    server, target = _start(store, generator)
+    yield target, generator
+    server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def slow_service(store, prepared):
+    generator = CountingGenerator(delay_s=SLOW_RENDER_S)
+    server, target = _start(store, generator)
+    yield target, generator
+    server.stop(grace=None)
+
+
+@pytest.fixture()
+def stub(service):
+    with grpc.insecure_channel(service[0]) as channel:
+        yield lipsync_pb2_grpc.LipSyncStub(channel)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """A few seconds of real 48 kHz stereo speech: (n, 2) float32 and its rate."""
+    samples, rate = sf.read(str(shared(SPEECH_48K)), dtype="float32", always_2d=True)
+    return samples[: int(CLIP_S * rate)], rate
+
+
+def _fmt(rate_hz=48_000, channels=1, sample_type=lipsync_pb2.PCM_S16LE):
+    return lipsync_pb2.AudioFormat(sample_rate_hz=rate_hz, channels=channels, sample_type=sample_type)
+
+
+def _tone_s16(seconds: float, rate_hz: int = 48_000) -> bytes:
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    return (np.sin(2 * np.pi * 220 * t) * 8000).astype("<i2").tobytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _expected_frames(n_samples: int, rate_hz: int, fps) -> int:
+    n16 = len(resample(np.zeros(n_samples, np.float32), from_rate_hz=rate_hz, to_rate_hz=SAMPLE_RATE_HZ))
+    return frame_count(n16, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)
+
+
+def _check_frame(frame, i, model, first_frame):
+    assert frame.index == i
+    assert frame.model_frame == ping_pong(first_frame + i, model.n_frames)
+    image = cv2.imdecode(np.frombuffer(frame.prediction_data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape == (320, 320, 3)
+    x0, y0, x1, y1 = frame.bounds
+    assert 0 <= x0 < x1 <= model.width and 0 <= y0 < y1 <= model.height
+    assert frame.shape in set("ABCDEFGHX")
+    assert 0.0 <= frame.mouth_open <= 1.0
+
+
+# --- generated stubs ---------------------------------------------------------------------------
+
+def test_committed_stubs_match_the_proto(tmp_path):
+    spec = importlib.util.spec_from_file_location("gen_protos", REPO / "scripts" / "gen_protos.py")
+    gen_protos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_protos)
+    from importlib.metadata import version
+
+    committed_by = lipsync_pb2_grpc.GRPC_GENERATED_VERSION
+    if version("grpcio-tools") != committed_by:
+        pytest.skip(f"the stubs were generated by grpcio-tools {committed_by}, {version('grpcio-tools')} is installed")
+    for path in gen_protos.generate(tmp_path):
+        committed = gen_protos.OUT_DIR / path.name
+        assert committed.exists(), f"{committed} is missing: run python scripts/gen_protos.py"
+        assert path.read_text() == committed.read_text(), f"{committed} is stale: run python scripts/gen_protos.py"
+    assert "from . import lipsync_pb2" in (tmp_path / "lipsync_pb2_grpc.py").read_text()
+
+
+# --- health, reflection, models ----------------------------------------------------------------
+
+def test_health_serving_and_reflection(service):
+    with grpc.insecure_channel(service[0]) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "lipsync.v1.LipSync"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "lipsync.v1.LipSync" in services
+    assert "grpc.health.v1.Health" in services
+
+
+def test_list_models(service, prepared):
+    with LipSyncClient(service[0]) as client:
+        models = {m.name: m for m in client.list_models()}
+    info = models[MODEL]
+    assert (info.width, info.height, info.frames) == (prepared.width, prepared.height, prepared.n_frames)
+    assert info.fps == float(prepared.fps) and info.prepared
+
+
+# --- RenderClip ---------------------------------------------------------------------------------
+
+def test_render_clip_of_real_speech(service, prepared, speech):
+    samples, rate = speech
+    first_frame = prepared.n_frames - 10  # crosses the turn of the ping-pong loop
+    with LipSyncClient(service[0]) as client:
+        frames = list(client.render_clip(MODEL, samples, rate, first_frame=first_frame))
+    assert len(frames) == _expected_frames(len(samples), rate, prepared.fps)
+    for i, frame in enumerate(frames):
+        _check_frame(frame, i, prepared, first_frame)
+    speaking = [f.speech for f in frames]
+    assert any(speaking) and not all(speaking), "real speech has both speech and pauses"
+    assert max(f.mouth_open for f in frames) > 0.2
+
+
+@pytest.mark.parametrize(("fmt", "audio", "needle"), [
+    (_fmt(rate_hz=4_000), _tone_s16(1, 4_000), "sample rate"),
+    (_fmt(rate_hz=400_000), _tone_s16(0.1, 400_000), "sample rate"),
+    (_fmt(channels=0), _tone_s16(1), "channels"),
+    (_fmt(channels=9), _tone_s16(1) * 9, "channels"),
+    (_fmt(sample_type=lipsync_pb2.SAMPLE_TYPE_UNSPECIFIED), _tone_s16(1), "sample type"),
+    (_fmt(sample_type=7), _tone_s16(1), "sample type"),
+    (_fmt(), _tone_s16(1) + b"\0", "whole number"),
+    (_fmt(channels=2), _tone_s16(1) + b"\0\0", "whole number"),
+    (_fmt(), b"", "no audio"),
+    (_fmt(), _tone_s16(0.01), "shorter than one video frame"),
+    (_fmt(sample_type=lipsync_pb2.FLOAT32LE), np.array([0.1, np.nan] * 24_000, "<f4").tobytes(), "NaN"),
+    (_fmt(sample_type=lipsync_pb2.FLOAT32LE), np.array([0.1, np.inf] * 24_000, "<f4").tobytes(), "NaN"),
+])
+def test_render_clip_refuses_bad_audio(stub, prepared, fmt, audio, needle):
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.RenderClip(lipsync_pb2.ClipRequest(model=MODEL, format=fmt, audio=audio)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in info.value.details()
+
+
+@pytest.mark.parametrize("name", ["no-such-model", "../samples/avatar", "/etc/passwd", "avatar/../avatar"])
+def test_unknown_model_is_not_found_and_paths_are_not_models(stub, name):
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.RenderClip(lipsync_pb2.ClipRequest(model=name, format=_fmt(), audio=_tone_s16(0.5))))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "/work" not in info.value.details(), "server paths stay on the server"
+
+
+def test_unexpected_failure_is_internal_and_the_server_lives_on(store, prepared):
+    server, target = _start(store, CountingGenerator(fail=True))
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = lipsync_pb2_grpc.LipSyncStub(channel)
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as info:
+                    list(stub.RenderClip(lipsync_pb2.ClipRequest(model=MODEL, format=_fmt(), audio=_tone_s16(0.5))))
+                assert info.value.code() == grpc.StatusCode.INTERNAL
+                assert "the generator broke" in info.value.details()
+            assert stub.ListModels(lipsync_pb2.ListModelsRequest()).models
+    finally:
+        server.stop(grace=None)
+
+
+# --- StreamAudio --------------------------------------------------------------------------------
+
+def test_stream_answers_chunk_by_chunk(service, prepared, speech):
+    """Frames come back while input is still being sent, each naming the chunk that completed it."""
+    samples, rate = speech
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    chunk = rate * CHUNK_MS // 1000
+    n_chunks = -(-len(pcm) // chunk)
+    held_back = n_chunks // 2
+    first_frame_seen = threading.Event()
+    sent = []
+
+    def requests():
+        yield lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(model=MODEL, format=_fmt(rate, 2)))
+        for k in range(n_chunks):
+            if k == held_back:
+                # the second half goes only once a frame has come back: no answer, no more input
+                assert first_frame_seen.wait(timeout=20), "no frame came back while input was still open"
+            sent.append(k)
+            yield lipsync_pb2.AudioChunk(audio=pcm[k * chunk:(k + 1) * chunk].tobytes(), captured_at_s=float(k))
+
+    frames, chunks_sent_at_frame = [], []
+    with grpc.insecure_channel(service[0]) as channel:
+        for frame in lipsync_pb2_grpc.LipSyncStub(channel).StreamAudio(requests()):
+            first_frame_seen.set()
+            chunks_sent_at_frame.append(len(sent))
+            frames.append(frame)
+
+    assert chunks_sent_at_frame[0] <= held_back
+    assert len(frames) == _expected_frames(len(pcm), rate, prepared.fps)
+    for i, frame in enumerate(frames):
+        _check_frame(frame, i, prepared, 0)
+        k = int(frame.captured_at_s)
+        assert frame.captured_at_s == k and k < n_chunks
+        # the chunk named holds audio at or past the frame's end: it is the one that completed it
+        frame_end = first_sample_of_frame(i + 1, fps=prepared.fps, sample_rate_hz=rate)
+        assert (k + 1) * chunk >= frame_end or k == n_chunks - 1
+    assert [f.captured_at_s for f in frames] == sorted(f.captured_at_s for f in frames)
+
+
+def test_stream_gives_the_frames_of_the_clip(service, speech):
+    samples, rate = speech
+    chunk = rate * CHUNK_MS // 1000
+    with LipSyncClient(service[0]) as client:
+        clip = list(client.render_clip(MODEL, samples, rate))
+        live = list(client.stream_audio(
+            MODEL, ((samples[i:i + chunk], i / rate) for i in range(0, len(samples), chunk)), rate, 2))
+    assert len(live) == len(clip)
+    assert np.mean([a.speech == b.speech for a, b in zip(clip, live)]) >= 0.95
+    assert np.abs(np.array([a.mouth_open - b.mouth_open for a, b in zip(clip, live)])).mean() < 0.05
+
+
+def test_stream_resampler_ignores_chunking(speech):
+    samples, rate = speech
+    mono = to_mono(samples)
+    outputs = []
+    for chunk in (1, 333, 1920, len(mono)):
+        resampler = StreamResampler(from_rate_hz=rate)
+        parts = [resampler.push(mono[i:i + chunk]) for i in range(0, len(mono), chunk)]
+        outputs.append(np.concatenate([*parts, resampler.flush()]))
+    reference = resample(mono, from_rate_hz=rate, to_rate_hz=SAMPLE_RATE_HZ)
+    for out in outputs:
+        assert len(out) == len(reference)
+        np.testing.assert_allclose(out, outputs[0], atol=1e-5)
+    # close to the polyphase resampler, up to the low-pass filter's delay of a sample or two
+    lag = 2
+    assert np.corrcoef(outputs[0][lag:], reference[:-lag])[0, 1] > 0.98
+
+
+@pytest.mark.parametrize(("messages", "needle"), [
+    ([], "first message"),
+    ([lipsync_pb2.AudioChunk(audio=_tone_s16(0.1))], "first message"),
+    ([lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(model=MODEL, format=_fmt(channels=0)))], "channels"),
+    ([lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(model=MODEL, format=_fmt())),
+      lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(model=MODEL, format=_fmt()))], "only the first"),
+    ([lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(model=MODEL, format=_fmt())),
+      lipsync_pb2.AudioChunk(audio=b"\0\0\0")], "whole number"),
+    ([lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(
+        model=MODEL, format=_fmt(sample_type=lipsync_pb2.FLOAT32LE))),
+      lipsync_pb2.AudioChunk(audio=np.full(960, np.nan, "<f4").tobytes())], "NaN"),
+])
+def test_stream_refuses_bad_requests(stub, prepared, messages, needle):
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.StreamAudio(iter(messages)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in info.value.details()
+
+
+def test_stream_of_unknown_model_is_not_found(stub):
+    start = lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(model="no-such-model", format=_fmt()))
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.StreamAudio(iter([start])))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- cancellation -------------------------------------------------------------------------------
+
+def _settled_count(generator) -> int:
+    """The render count once it stops moving (a frame in progress may still finish)."""
+    time.sleep(10 * SLOW_RENDER_S)
+    return generator.rendered
+
+
+def test_cancelled_clip_stops_the_server_work(slow_service, speech):
+    target, generator = slow_service
+    samples, rate = speech
+    before = generator.rendered
+    with LipSyncClient(target) as client:
+        frames = client.render_clip(MODEL, samples, rate)
+        for _ in zip(range(3), frames):
+            pass
+        frames.close()  # the caller stops reading: the call is cancelled
+        done = _settled_count(generator)
+        time.sleep(20 * SLOW_RENDER_S)
+        assert generator.rendered == done, "the server kept rendering for a cancelled call"
+    assert done - before < 20, "the server rendered far past what the client read"
+
+
+def test_cancelled_stream_stops_the_server_work(slow_service, speech):
+    target, generator = slow_service
+    samples, rate = speech
+    chunk = rate * CHUNK_MS // 1000
+    before = generator.rendered
+    with LipSyncClient(target) as client:
+        frames = client.stream_audio(
+            MODEL, ((samples[i:i + chunk], 0.0) for i in range(0, len(samples), chunk)), rate, 2)
+        for _ in zip(range(3), frames):
+            pass
+        frames.close()
+        done = _settled_count(generator)
+        time.sleep(20 * SLOW_RENDER_S)
+        assert generator.rendered == done, "the server kept rendering for a cancelled stream"
+    assert done - before < 20
+
+
+# --- balancing and client errors ----------------------------------------------------------------
+
+def test_round_robin_over_two_servers(store, prepared):
+    generators = [CountingGenerator(), CountingGenerator()]
+    servers = [_start(store, g) for g in generators]
+    try:
+        ports = [target.rsplit(":", 1)[1] for _, target in servers]
+        with LipSyncClient(",".join(f"localhost:{p}" for p in ports)) as client:
+            client.wait_ready(10)
+            one_frame = np.zeros((SAMPLE_RATE_HZ // 10, 1), np.float32)
+            for _ in range(20):
+                assert len(list(client.render_clip(MODEL, one_frame, SAMPLE_RATE_HZ))) >= 1
+                if all(g.rendered for g in generators):
+                    break
+        assert all(g.rendered for g in generators), [g.rendered for g in generators]
+        assert abs(generators[0].rendered - generators[1].rendered) <= generators[0].rendered
+    finally:
+        for server, _ in servers:
+            server.stop(grace=None)
+
+
+def test_channel_targets():
+    assert channel_target("127.0.0.1:5001") == "127.0.0.1:5001"
+    assert channel_target("dns:///lipsync.internal:5001") == "dns:///lipsync.internal:5001"
+    assert channel_target("127.0.0.1:5001, localhost:5002") == "ipv4:127.0.0.1:5001,127.0.0.1:5002"
+    assert channel_target("[::1]:5001,[::1]:5002") == "ipv6:[::1]:5001,[::1]:5002"
+    for bad in ("localhost", "localhost:port", "a:1,b"):
+        with pytest.raises(ServiceError, match="HOST:PORT"):
+            channel_target(bad)
+
+
+def test_client_says_when_nothing_answers():
+    target = f"127.0.0.1:{_free_port()}"
+    expected = f"nothing answers at {target}: start `lipsync serve` there or leave out --server"
+    with LipSyncClient(target) as client:
+        with pytest.raises(ServiceError) as info:
+            client.list_models()
+        assert str(info.value) == expected
+        with pytest.raises(ServiceError) as info:
+            list(client.render_clip(MODEL, np.zeros((1600, 1), np.float32), SAMPLE_RATE_HZ))
+        assert str(info.value) == expected
+        with pytest.raises(ServiceError, match="nothing answers"):
+            client.wait_ready(0.2)
+
+
+def test_client_maps_service_errors(service):
+    with LipSyncClient(service[0]) as client:
+        with pytest.raises(ModelNotFoundError, match="no-such-model"):
+            list(client.render_clip("no-such-model", np.zeros((1600, 1), np.float32), SAMPLE_RATE_HZ))
+        with pytest.raises(AudioError, match="sample rate"):
+            list(client.render_clip(MODEL, np.zeros((1600, 1), np.float32), 4_000))
+        with pytest.raises(AudioError, match="NaN"):
+            list(client.render_clip(MODEL, np.full((1600, 1), np.nan, np.float32), SAMPLE_RATE_HZ))
+        with pytest.raises(AudioError, match="expected"):  # a chunk with the wrong channel count
+            list(client.stream_audio(MODEL, iter([(np.zeros((640, 2), np.float32), 0.0)]), SAMPLE_RATE_HZ, 1))
+
+
+SERVER_SCRIPT = """
+import sys, time
+from pathlib import Path
+from lipsync_cli.service import create_server
+from lipsync_cli.store import ModelStore
+sys.path.insert(0, {tests!r})
+from test_service import CountingGenerator
+server, port = create_server(store=ModelStore(cache_dir=Path({cache!r})), generator=CountingGenerator(delay_s=0.02))
+print(port, flush=True)
+time.sleep(600)
+"""
+
+
+def test_client_says_when_the_server_dies_mid_render(cache_dir, prepared, speech):
+    samples, rate = speech
+    script = SERVER_SCRIPT.format(tests=str(REPO / "tests"), cache=str(cache_dir))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        with LipSyncClient(f"127.0.0.1:{port}") as client:
+            frames = client.render_clip(MODEL, samples, rate)
+            with pytest.raises(ServiceError) as info:
+                for i, _ in enumerate(frames):
+                    if i == 2:
+                        proc.send_signal(signal.SIGKILL)
+        assert str(info.value) == f"the lip-sync service at 127.0.0.1:{port} went away mid-render"
+    finally:
+        proc.kill()
+        proc.wait()
