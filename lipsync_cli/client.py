@@ -64,7 +64,8 @@ def channel_target(target: str) -> str:
     if len(parts) == 1:
         _split_host_port(parts[0])
         return parts[0].strip()
-    addresses = [(_resolve(host, port), port) for host, port in map(_split_host_port, parts)]
+    pairs = [_split_host_port(p) for p in parts]
+    addresses = [(_resolve(host, port), port) for host, port in pairs]
     versions = {a.version for a, _ in addresses}
     if len(versions) > 1:
         raise ServiceError(f"{target}: list servers of one address family (all IPv4 or all IPv6)")

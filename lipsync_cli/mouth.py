@@ -290,14 +290,15 @@ def _draw_interior(patch, need, t, u, new_top, new_bot, img, pts) -> np.ndarray:
     # interior: lip colour in deep shadow, a little lighter near the lips (light bouncing in)
     edge = np.minimum(depth_px, (1 - t) * gap_px)
     shade = 0.13 + 0.17 * np.exp(-edge / 2.5) + 0.05 * (1 - au ** 2)
-    colour = lip[None, None, :] * shade[..., None]
+    warm = np.array([0.8, 0.72, 1.2], np.float32)  # the inside of a mouth is redder than the lips
+    colour = (lip * warm)[None, None, :] * shade[..., None]
     # upper teeth: an arc under the upper lip, shallower and darker towards the corners
     if full_gap > 4:
         luma = float(lip.mean())
         ivory = np.array([0.80, 0.90, 0.96], np.float32) * min(225.0, max(150.0, 1.15 * luma + 55))
         teeth_px = np.minimum(0.32 * gap_px, 0.13 * (pts[308, 0] - pts[78, 0]) + 1) * np.clip(1 - au ** 2 * 1.4, 0, 1)
         on = np.clip((teeth_px - depth_px) / 1.2, 0, 1) * (au < 0.8)
-        light = (1 - 0.55 * au ** 2) * (0.62 + 0.38 * np.clip(depth_px / np.maximum(teeth_px, 1), 0, 1))
+        light = (1 - 0.45 * au ** 2) * (0.75 + 0.25 * np.clip(depth_px / np.maximum(teeth_px, 1), 0, 1))
         light = light * np.clip(depth_px / 1.5, 0.55, 1)  # the upper lip's shadow on the teeth
         colour = colour * (1 - on[..., None]) + (ivory[None, None, :] * light[..., None]) * on[..., None]
     # tongue: a soft mound low in a wide-open mouth

@@ -12,14 +12,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio
+import numpy as np
+
+from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio, resample
 from lipsync_cli.compositor import composite, decode_region
 from lipsync_cli.errors import AudioError, OutputError, ServiceError
 from lipsync_cli.models import default_model
 from lipsync_cli.progress import ProgressFn, report
 from lipsync_cli.store import ModelStore
 from lipsync_cli.timing import first_sample_of_frame, frame_count
-from lipsync_cli.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer
+from lipsync_cli.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, aac_rate_for
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,17 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
         raise AudioError(f"{audio_path}: the audio is shorter than one video frame ({1 / float(model.fps):.3f} s)")
     t0 = time.perf_counter()
     fallbacks = speech = written = 0
-    orig_rate = clip.original_rate_hz
+    orig_rate = aac_rate_for(clip.original_rate_hz)
+    original = clip.original
+    if orig_rate != clip.original_rate_hz:
+        original = np.stack([resample(original[:, c], from_rate_hz=clip.original_rate_hz, to_rate_hz=orig_rate)
+                             for c in range(original.shape[1])], axis=1)
     with _service_target(options, store) as target:
         client = LipSyncClient(target)
         try:
             frames = client.render_clip(name, clip.samples[:, None], SAMPLE_RATE_HZ)
             with Mp4Writer(output, fps=model.fps, width=model.width, height=model.height,
-                           audio_rate_hz=orig_rate, audio_channels=clip.original.shape[1],
+                           audio_rate_hz=orig_rate, audio_channels=original.shape[1],
                            preset=options.preset, crf=options.crf) as writer:
                 for reply in frames:
                     if reply.index != written:
@@ -110,13 +116,13 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
                     # the audio that plays during this frame, in the file's own rate
                     a0 = first_sample_of_frame(written, fps=model.fps, sample_rate_hz=orig_rate)
                     a1 = first_sample_of_frame(written + 1, fps=model.fps, sample_rate_hz=orig_rate)
-                    writer.write_audio(clip.original[a0:a1])
+                    writer.write_audio(original[a0:a1])
                     written += 1
                     progress("rendering", written, n_frames)
                 if written != n_frames:
                     raise ServiceError(f"the service sent {written} frames where {n_frames} were due")
                 tail = first_sample_of_frame(written, fps=model.fps, sample_rate_hz=orig_rate)
-                writer.write_audio(clip.original[tail:])
+                writer.write_audio(original[tail:])
         finally:
             client.close()
     return RenderSummary(output=output, model=model.name, frames=written,

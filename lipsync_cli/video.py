@@ -80,6 +80,11 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
             raise VideoError(f"{path}: the video stream is damaged ({exc})") from exc
 
 
+def aac_rate_for(rate_hz: int) -> int:
+    """The rate an MP4's AAC track should use for audio at `rate_hz` (itself when AAC allows it)."""
+    return rate_hz if rate_hz in AAC_RATES_HZ else 48000
+
+
 def _audio_layout(channels: int) -> str:
     return "mono" if channels == 1 else "stereo"
 
@@ -121,8 +126,9 @@ class Mp4Writer:
             self._audio = None
             if audio_rate_hz:
                 self.audio_channels = min(max(audio_channels, 1), 2)
-                self.audio_rate_hz = audio_rate_hz if audio_rate_hz in AAC_RATES_HZ else 48000
-                self._source_rate_hz = audio_rate_hz
+                if audio_rate_hz not in AAC_RATES_HZ:
+                    raise ValueError(f"AAC cannot carry {audio_rate_hz} Hz: resample with aac_rate_for() first")
+                self.audio_rate_hz = audio_rate_hz
                 aus = self._container.add_stream("aac", rate=self.audio_rate_hz)
                 aus.layout = _audio_layout(self.audio_channels)
                 aus.options = {"b": "160k" if self.audio_channels == 2 else "128k"}
@@ -149,16 +155,11 @@ class Mp4Writer:
 
     def write_audio(self, samples: np.ndarray) -> None:
         """Append (n, channels) or (n,) float32 audio at the rate given to the constructor."""
-        if self._audio is None:
+        if self._audio is None or len(samples) == 0:
             return
-        from lipsync_cli.audio import resample
-
         a = samples.reshape(len(samples), -1).astype(np.float32, copy=False)
         if a.shape[1] != self.audio_channels:  # mono -> stereo or many -> stereo/mono
             a = np.repeat(a.mean(axis=1, keepdims=True), self.audio_channels, axis=1)
-        if self._source_rate_hz != self.audio_rate_hz:
-            a = np.stack([resample(a[:, c], from_rate_hz=self._source_rate_hz, to_rate_hz=self.audio_rate_hz)
-                          for c in range(a.shape[1])], axis=1)
         self._pending = np.concatenate([self._pending, np.clip(a, -1.0, 1.0)])
         self._encode_audio(final=False)
 

@@ -19,7 +19,7 @@ import soundfile as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from conftest import REPO, SAMPLE_VIDEO, SPEECH_48K, shared
+from conftest import REPO, SPEECH_48K, shared
 from lipsync_cli.audio import SAMPLE_RATE_HZ, resample, to_mono
 from lipsync_cli.client import LipSyncClient, channel_target
 from lipsync_cli.errors import AudioError, ModelNotFoundError, ServiceError
@@ -60,19 +60,13 @@ class CountingGenerator:
         return Counted()
 
 
-@pytest.fixture(scope="module")
-def prepared(store):
-    """The sample model prepared once, so no test times its preparation."""
-    return store.get(SAMPLE_VIDEO)
-
-
 def _start(store, generator):
     server, port = create_server(store=store, generator=generator)
     return server, f"127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
-def service(store, prepared):
+def service(store, sample_model):
     generator = CountingGenerator()
     server, target = _start(store, generator)
     yield target, generator
@@ -80,7 +74,7 @@ def service(store, prepared):
 
 
 @pytest.fixture(scope="module")
-def slow_service(store, prepared):
+def slow_service(store, sample_model):
     generator = CountingGenerator(delay_s=SLOW_RENDER_S)
     server, target = _start(store, generator)
     yield target, generator
@@ -162,24 +156,24 @@ def test_health_serving_and_reflection(service):
     assert "grpc.health.v1.Health" in services
 
 
-def test_list_models(service, prepared):
+def test_list_models(service, sample_model):
     with LipSyncClient(service[0]) as client:
         models = {m.name: m for m in client.list_models()}
     info = models[MODEL]
-    assert (info.width, info.height, info.frames) == (prepared.width, prepared.height, prepared.n_frames)
-    assert info.fps == float(prepared.fps) and info.prepared
+    assert (info.width, info.height, info.frames) == (sample_model.width, sample_model.height, sample_model.n_frames)
+    assert info.fps == float(sample_model.fps) and info.prepared
 
 
 # --- RenderClip ---------------------------------------------------------------------------------
 
-def test_render_clip_of_real_speech(service, prepared, speech):
+def test_render_clip_of_real_speech(service, sample_model, speech):
     samples, rate = speech
-    first_frame = prepared.n_frames - 10  # crosses the turn of the ping-pong loop
+    first_frame = sample_model.n_frames - 10  # crosses the turn of the ping-pong loop
     with LipSyncClient(service[0]) as client:
         frames = list(client.render_clip(MODEL, samples, rate, first_frame=first_frame))
-    assert len(frames) == _expected_frames(len(samples), rate, prepared.fps)
+    assert len(frames) == _expected_frames(len(samples), rate, sample_model.fps)
     for i, frame in enumerate(frames):
-        _check_frame(frame, i, prepared, first_frame)
+        _check_frame(frame, i, sample_model, first_frame)
     speaking = [f.speech for f in frames]
     assert any(speaking) and not all(speaking), "real speech has both speech and pauses"
     assert max(f.mouth_open for f in frames) > 0.2
@@ -199,7 +193,7 @@ def test_render_clip_of_real_speech(service, prepared, speech):
     (_fmt(sample_type=lipsync_pb2.FLOAT32LE), np.array([0.1, np.nan] * 24_000, "<f4").tobytes(), "NaN"),
     (_fmt(sample_type=lipsync_pb2.FLOAT32LE), np.array([0.1, np.inf] * 24_000, "<f4").tobytes(), "NaN"),
 ])
-def test_render_clip_refuses_bad_audio(stub, prepared, fmt, audio, needle):
+def test_render_clip_refuses_bad_audio(stub, sample_model, fmt, audio, needle):
     with pytest.raises(grpc.RpcError) as info:
         list(stub.RenderClip(lipsync_pb2.ClipRequest(model=MODEL, format=fmt, audio=audio)))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -214,7 +208,7 @@ def test_unknown_model_is_not_found_and_paths_are_not_models(stub, name):
     assert "/work" not in info.value.details(), "server paths stay on the server"
 
 
-def test_unexpected_failure_is_internal_and_the_server_lives_on(store, prepared):
+def test_unexpected_failure_is_internal_and_the_server_lives_on(store, sample_model):
     server, target = _start(store, CountingGenerator(fail=True))
     try:
         with grpc.insecure_channel(target) as channel:
@@ -231,7 +225,7 @@ def test_unexpected_failure_is_internal_and_the_server_lives_on(store, prepared)
 
 # --- StreamAudio --------------------------------------------------------------------------------
 
-def test_stream_answers_chunk_by_chunk(service, prepared, speech):
+def test_stream_answers_chunk_by_chunk(service, sample_model, speech):
     """Frames come back while input is still being sent, each naming the chunk that completed it."""
     samples, rate = speech
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
@@ -258,13 +252,13 @@ def test_stream_answers_chunk_by_chunk(service, prepared, speech):
             frames.append(frame)
 
     assert chunks_sent_at_frame[0] <= held_back
-    assert len(frames) == _expected_frames(len(pcm), rate, prepared.fps)
+    assert len(frames) == _expected_frames(len(pcm), rate, sample_model.fps)
     for i, frame in enumerate(frames):
-        _check_frame(frame, i, prepared, 0)
+        _check_frame(frame, i, sample_model, 0)
         k = int(frame.captured_at_s)
         assert frame.captured_at_s == k and k < n_chunks
         # the chunk named holds audio at or past the frame's end: it is the one that completed it
-        frame_end = first_sample_of_frame(i + 1, fps=prepared.fps, sample_rate_hz=rate)
+        frame_end = first_sample_of_frame(i + 1, fps=sample_model.fps, sample_rate_hz=rate)
         assert (k + 1) * chunk >= frame_end or k == n_chunks - 1
     assert [f.captured_at_s for f in frames] == sorted(f.captured_at_s for f in frames)
 
@@ -283,9 +277,9 @@ def test_stream_gives_the_frames_of_the_clip(service, speech):
 
 def test_stream_resampler_ignores_chunking(speech):
     samples, rate = speech
-    mono = to_mono(samples)
+    mono = to_mono(samples[:rate])
     outputs = []
-    for chunk in (1, 333, 1920, len(mono)):
+    for chunk in (7, 333, 1920, len(mono)):
         resampler = StreamResampler(from_rate_hz=rate)
         parts = [resampler.push(mono[i:i + chunk]) for i in range(0, len(mono), chunk)]
         outputs.append(np.concatenate([*parts, resampler.flush()]))
@@ -310,7 +304,7 @@ def test_stream_resampler_ignores_chunking(speech):
         model=MODEL, format=_fmt(sample_type=lipsync_pb2.FLOAT32LE))),
       lipsync_pb2.AudioChunk(audio=np.full(960, np.nan, "<f4").tobytes())], "NaN"),
 ])
-def test_stream_refuses_bad_requests(stub, prepared, messages, needle):
+def test_stream_refuses_bad_requests(stub, sample_model, messages, needle):
     with pytest.raises(grpc.RpcError) as info:
         list(stub.StreamAudio(iter(messages)))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -366,7 +360,7 @@ def test_cancelled_stream_stops_the_server_work(slow_service, speech):
 
 # --- balancing and client errors ----------------------------------------------------------------
 
-def test_round_robin_over_two_servers(store, prepared):
+def test_round_robin_over_two_servers(store, sample_model):
     generators = [CountingGenerator(), CountingGenerator()]
     servers = [_start(store, g) for g in generators]
     try:
@@ -434,7 +428,7 @@ time.sleep(600)
 """
 
 
-def test_client_says_when_the_server_dies_mid_render(cache_dir, prepared, speech):
+def test_client_says_when_the_server_dies_mid_render(cache_dir, sample_model, speech):
     samples, rate = speech
     script = SERVER_SCRIPT.format(tests=str(REPO / "tests"), cache=str(cache_dir))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
