@@ -20,8 +20,8 @@ from lipsync_cli.errors import LipsyncError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Make an avatar video speak: lip-sync speech onto a model video.")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 ModelsDir = typer.Option(None, "--models-dir", help="Folder searched first for model videos by name.")
 CacheDir = typer.Option(None, "--cache-dir", envvar="LIPSYNC_CACHE_DIR",

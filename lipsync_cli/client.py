@@ -25,6 +25,7 @@ from lipsync_cli.store import ModelStore
 log = logging.getLogger(__name__)
 
 PCM16_FULL_SCALE = 32767
+REQUEST_OVERHEAD_BYTES = 1024  # model name, format and framing around a clip's audio
 # gRPC name-resolver schemes a target may start with; anything else is host:port[,host:port...]
 TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 
@@ -87,6 +88,11 @@ def _pcm16(samples: np.ndarray, channels: int | None = None) -> tuple[bytes, int
     return pcm.tobytes(), samples.shape[1]
 
 
+def _pcm16_format(sample_rate_hz: int, channels: int) -> lipsync_pb2.AudioFormat:
+    return lipsync_pb2.AudioFormat(sample_rate_hz=sample_rate_hz, channels=channels,
+                                   sample_type=lipsync_pb2.PCM_S16LE)
+
+
 class LipSyncClient:
     """A client of the lip-sync service.
 
@@ -127,12 +133,12 @@ class LipSyncClient:
         first_frame: where in the model video's ping-pong loop the clip starts.
         """
         data, channels = _pcm16(samples)
-        if len(data) > MAX_MESSAGE_BYTES - 1024:
+        if len(data) > MAX_MESSAGE_BYTES - REQUEST_OVERHEAD_BYTES:
             seconds = MAX_MESSAGE_BYTES // (2 * channels * sample_rate_hz)
             raise AudioError(f"the clip is too long for one request: at most about {seconds} s at "
                              f"{sample_rate_hz} Hz with {channels} channels; split it")
-        request = lipsync_pb2.ClipRequest(model=model, audio=data, first_frame=first_frame, format=lipsync_pb2.AudioFormat(
-            sample_rate_hz=sample_rate_hz, channels=channels, sample_type=lipsync_pb2.PCM_S16LE))
+        request = lipsync_pb2.ClipRequest(model=model, audio=data, first_frame=first_frame,
+                                          format=_pcm16_format(sample_rate_hz, channels))
         yield from self._frames(self._stub.RenderClip(request))
 
     def stream_audio(self, model: str, chunks: Iterator[tuple[np.ndarray, float]], sample_rate_hz: int,
@@ -148,8 +154,7 @@ class LipSyncClient:
 
         def requests() -> Iterator[lipsync_pb2.AudioChunk]:
             yield lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(
-                model=model, first_frame=first_frame, format=lipsync_pb2.AudioFormat(
-                    sample_rate_hz=sample_rate_hz, channels=channels, sample_type=lipsync_pb2.PCM_S16LE)))
+                model=model, first_frame=first_frame, format=_pcm16_format(sample_rate_hz, channels)))
             try:
                 for samples, captured_at_s in chunks:
                     yield lipsync_pb2.AudioChunk(audio=_pcm16(samples, channels)[0], captured_at_s=captured_at_s)

@@ -48,12 +48,16 @@ SILENCE_FLOOR_DBFS = -85.0  # below this nothing is speech (digital silence, dit
 LEVEL_QUANTILE = 0.9  # the speech level tracks this quantile of first-formant band levels
 LEVEL_STEP_UP_DB = 1.0  # per hop; the step down follows from the quantile
 LEVEL_WARMUP_MS = 300  # during the first speech the level jumps straight to new peaks
-CENTROID_RATE = 0.01  # per speech hop, for the speaker's average spectral centroids
+CENTROID_RATE = 0.01  # per vowel hop, for the speaker's average spectral centroids
+VOWEL_BELOW_LEVEL_DB = 15.0  # a loud hop with its first-formant band this close to the level is a vowel
+F2_CENTROID_PRIOR_HZ = 1800.0  # typical adult averages, until this speaker's are known
+ALL_CENTROID_PRIOR_HZ = 800.0
 
 OPEN_AT_SPEECH_LEVEL = 0.7  # a vowel at the running speech level opens this much
 OPEN_PER_DB = 0.03  # each dB of first-formant level adds this much openness
-OPEN_SHARE_WEIGHT = 0.5  # dB of first-formant share of the spectrum per dB of first-formant level
-CLOSED_BELOW_SPEECH_DB = 20.0  # first-formant band this far under the speech level: lips closed
+OPEN_SHARE_DB = -3.0  # an open vowel's first-formant band holds about this share of the spectrum
+OPEN_PER_SHARE_DB = 0.015  # each dB of share under that closes the mouth this much
+CLOSED_BELOW_OPEN = 0.1  # a voiced hop whose openness comes out under this has the lips shut
 CLOSED_F2_MARGIN_HZ = 0.0  # ... and its second-formant centroid at most this far above the speaker's
 SIBILANT_ABOVE_TOTAL_DB = -6.0  # high band within this much of the total level: a hiss, not closed
 WIDE_AT_AVERAGE = 0.3  # lips a little spread at the speaker's average second-formant centroid
@@ -61,7 +65,7 @@ WIDE_PER_HZ = 1 / 1000  # centroid above the speaker's average -> spread lips
 WIDE_ON_HISS = 0.6  # S, Z, SH: teeth together, lips spread
 ROUND_PER_HZ = 1 / 600  # centroid below the speaker's average -> rounded lips
 
-MAX_OPEN_SPEED_PER_S = 5.0  # open range per second: a fifth of the range per 25 fps frame at most
+MAX_OPEN_SPEED_PER_S = 4.5  # open range per second: under a fifth of the range per 25 fps frame
 HOLD_MS = 70  # a shape is held at least this long (closures and silence excepted)
 TURN_DEADBAND = 0.1  # a turn of `open` sooner than HOLD_MS after the last must be this large
 
@@ -182,8 +186,8 @@ class _HopTracker:
         self.hops_in_block = 0
         self.level_db: float | None = None  # running quantile of the first-formant band in speech
         self.loud_hops = 0
-        self.f2_centroid_hz: float | None = None
-        self.all_centroid_hz: float | None = None
+        self.f2_centroid_hz = F2_CENTROID_PRIOR_HZ
+        self.all_centroid_hz = ALL_CENTROID_PRIOR_HZ
         self.level_step_down_db = LEVEL_STEP_UP_DB * (1 - LEVEL_QUANTILE) / LEVEL_QUANTILE
         self.warmup_hops = LEVEL_WARMUP_MS // HOP_MS
 
@@ -200,8 +204,9 @@ class _HopTracker:
     def step(self, m: dict[str, float]) -> _HopTargets:
         floor = self._noise_floor(m["hop_db"])
         loud = m["hop_db"] > max(floor + GATE_MARGIN_DB, SILENCE_FLOOR_DBFS)
-        # first-formant level, plus its share of the whole spectrum (open vowels concentrate there)
-        f1 = m["f1_db"] + OPEN_SHARE_WEIGHT * (m["f1_db"] - m["total_db"])
+        f1 = m["f1_db"]
+        # how much of the spectrum the first-formant band holds: most in open vowels, whatever the level
+        f1_share_db = m["f1_db"] - m["total_db"]
         if loud:
             self.loud_hops += 1
             if self.level_db is None:
@@ -215,26 +220,23 @@ class _HopTracker:
         if self.level_db is None:
             return _HopTargets(loud, 0.0, 0.0, 0.0, False)
         below_level_db = f1 - self.level_db
-        voiced_vowel = loud and below_level_db > -15.0
-        if voiced_vowel:
-            if self.f2_centroid_hz is None:
-                self.f2_centroid_hz, self.all_centroid_hz = m["f2_centroid_hz"], m["all_centroid_hz"]
-            else:
-                self.f2_centroid_hz += CENTROID_RATE * (m["f2_centroid_hz"] - self.f2_centroid_hz)
-                self.all_centroid_hz += CENTROID_RATE * (m["all_centroid_hz"] - self.all_centroid_hz)
-        open_ = _clip01(OPEN_AT_SPEECH_LEVEL + OPEN_PER_DB * below_level_db)
+        if loud and below_level_db > -VOWEL_BELOW_LEVEL_DB:
+            self.f2_centroid_hz += CENTROID_RATE * (m["f2_centroid_hz"] - self.f2_centroid_hz)
+            self.all_centroid_hz += CENTROID_RATE * (m["all_centroid_hz"] - self.all_centroid_hz)
+        open_unclipped = (OPEN_AT_SPEECH_LEVEL + OPEN_PER_DB * below_level_db
+                          + OPEN_PER_SHARE_DB * min(0.0, f1_share_db - OPEN_SHARE_DB))
         hiss = m["high_db"] - m["total_db"] > SIBILANT_ABOVE_TOTAL_DB
         wide = round_ = 0.0
-        if loud and self.f2_centroid_hz is not None:  # the centroids of a faint hop are noise
+        if loud:  # the centroids of a faint hop are noise
             wide = _clip01(WIDE_AT_AVERAGE + (m["f2_centroid_hz"] - self.f2_centroid_hz) * WIDE_PER_HZ)
             round_ = _clip01((self.all_centroid_hz - m["all_centroid_hz"]) * ROUND_PER_HZ)
             if hiss:
                 wide, round_ = max(wide, WIDE_ON_HISS), 0.0
         # lips shut on a voiced murmur or voice bar leave no first formant, and a labial pulls the
         # second formant down; a quiet hop is more often the end of speech than a closure
-        labial = self.f2_centroid_hz is None or m["f2_centroid_hz"] < self.f2_centroid_hz + CLOSED_F2_MARGIN_HZ
-        closure = loud and below_level_db < -CLOSED_BELOW_SPEECH_DB and not hiss and labial
-        return _HopTargets(loud, open_, wide, round_, closure)
+        labial = m["f2_centroid_hz"] < self.f2_centroid_hz + CLOSED_F2_MARGIN_HZ
+        closure = loud and open_unclipped < CLOSED_BELOW_OPEN and not hiss and labial
+        return _HopTargets(loud, _clip01(open_unclipped), wide, round_, closure)
 
 
 def _clip01(x: float) -> float:

@@ -34,7 +34,7 @@ from lipsync_cli.generator import AUDIO_WINDOW_MS, GeneratorStream, MouthGenerat
 from lipsync_cli.models import SAMPLE_MODEL, list_model_videos, model_name
 from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
 from lipsync_cli.store import Model, ModelStore
-from lipsync_cli.timing import first_sample_of_frame, frame_count, ping_pong
+from lipsync_cli.timing import first_sample_of_frame, ping_pong
 from lipsync_cli.video import probe_video
 
 log = logging.getLogger(__name__)

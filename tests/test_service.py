@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import grpc
@@ -433,7 +432,9 @@ def test_client_says_when_the_server_dies_mid_render(cache_dir, sample_model, sp
     script = SERVER_SCRIPT.format(tests=str(REPO / "tests"), cache=str(cache_dir))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
-        port = int(proc.stdout.readline())
+        line = proc.stdout.readline()
+        assert line, "the server process did not start (see its stderr above)"
+        port = int(line)
         with LipSyncClient(f"127.0.0.1:{port}") as client:
             frames = client.render_clip(MODEL, samples, rate)
             with pytest.raises(ServiceError) as info:

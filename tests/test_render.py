@@ -1,0 +1,184 @@
+"""`lipsync render` end to end: real audio in, a real MP4 out, checked with ffprobe and by pixels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO, SPEAKER_VIDEO, SPEECH_44K, SPEECH_48K, shared, write_wav
+from helpers import assert_clean_error, run_cli
+from lipsync_cli.audio import load_audio
+from lipsync_cli.errors import ServiceError
+from lipsync_cli.pipeline import RenderOptions, render
+from lipsync_cli.timing import ping_pong
+from lipsync_cli.video import iter_frames
+
+
+def ffprobe(path: Path) -> dict:
+    if shutil.which("ffprobe") is None:
+        pytest.skip("ffprobe is not installed (apt-get install ffmpeg)")
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def check_mp4(path: Path, *, fps: int, duration_s: float, width: int, height: int) -> dict:
+    info = ffprobe(path)
+    video = next(s for s in info["streams"] if s["codec_type"] == "video")
+    audio = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    assert video["codec_name"] == "h264" and video["pix_fmt"] == "yuv420p"
+    assert audio["codec_name"] == "aac"
+    assert video["r_frame_rate"] == f"{fps}/1"
+    assert (int(video["width"]), int(video["height"])) == (width, height)
+    assert abs(float(video["duration"]) - duration_s) <= 1.0 / fps + 1e-6, (video["duration"], duration_s)
+    assert abs(float(audio["duration"]) - duration_s) < 0.05
+    head = path.read_bytes()[: 1 << 20]
+    assert 0 <= head.find(b"moov") < head.find(b"mdat") or head.find(b"mdat") < 0  # moov first: streams
+    return info
+
+
+def test_readme_command_renders_the_sample(tmp_path):
+    out = tmp_path / "out.mp4"
+    proc = run_cli("render", SAMPLE_SPEECH, "-o", out, "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "real time" in proc.stdout and "frames" in proc.stdout
+    duration = load_audio(SAMPLE_SPEECH).duration_s
+    check_mp4(out, fps=25, duration_s=duration, width=576, height=768)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4"] == ["out.mp4"]
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    return list(iter_frames(path))
+
+
+def test_mouth_moves_with_speech_and_the_rest_stays_the_model(tmp_path, store, sample_model):
+    out = tmp_path / "sample.mp4"
+    summary = render(SAMPLE_SPEECH, out, options=RenderOptions(model=str(SAMPLE_VIDEO)), store=store)
+    assert summary.fallbacks == 0 and summary.frames == len(_frames(out))
+    m = sample_model
+    frames = _frames(out)
+    b = m.mouth_bounds
+    mouth_diff, rest_diff = [], []
+    for i, frame in enumerate(frames):
+        j = ping_pong(i, m.n_frames)
+        ref = m.frame(j).astype(np.int16)
+        x0, y0, x1, y1 = b[j].astype(int)
+        d = np.abs(frame.astype(np.int16) - ref).mean(axis=2)
+        inner = d[y0 + (y1 - y0) // 4: y1 - (y1 - y0) // 3, x0 + (x1 - x0) // 4: x1 - (x1 - x0) // 4]
+        mouth_diff.append(float(inner.mean()))
+        # a band just outside the region against the far top of the frame: both only encoder noise
+        band = np.zeros(d.shape, bool)
+        band[max(0, y0 - 24):y1 + 24, max(0, x0 - 24):x1 + 24] = True
+        band[max(0, y0):y1, max(0, x0):x1] = False
+        far = d[: max(8, y0 - 120)]
+        rest_diff.append((float(d[band].mean()), float(far.mean())))
+    mouth_diff = np.array(mouth_diff)
+    # the rest of the frame is the model's own: next to the region it differs no more than far away
+    band_d, far_d = np.array(rest_diff).T
+    assert far_d.max() < 4.0 and (band_d < 1.3 * far_d + 0.5).all(), (band_d.max(), far_d.max())
+    # speech changes the mouth; the leading silence and the pause leave it as the model had it
+    samples = load_audio(SAMPLE_SPEECH).samples
+    frame_rms = [np.sqrt(np.mean(samples[i * 640:(i + 1) * 640] ** 2)) for i in range(len(frames))]
+    silent = [i for i, r in enumerate(frame_rms) if r < 1e-4]
+    loud = [i for i, r in enumerate(frame_rms) if r > 0.05]
+    assert len(silent) >= 8 and len(loud) >= 30
+    assert np.median(mouth_diff[loud]) > 3 * np.median(mouth_diff[silent]) + 1.0, (
+        np.median(mouth_diff[loud]), np.median(mouth_diff[silent]))
+
+
+def test_hevc_portrait_speaker_with_stereo_44k_speech(tmp_path, store):
+    video, speech = shared(SPEAKER_VIDEO), shared(SPEECH_44K)
+    out = tmp_path / "speaker.mp4"
+    summary = render(speech, out, options=RenderOptions(model=str(video)), store=store)
+    info = check_mp4(out, fps=25, duration_s=load_audio(speech).duration_s, width=1080, height=1920)
+    audio = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    assert int(audio["sample_rate"]) == 44100 and int(audio["channels"]) == 2
+    assert summary.fallbacks == 0 and summary.speech_frames > 0.5 * summary.frames
+
+
+def test_48k_stereo_speech_and_a_separate_server_give_the_same_result(tmp_path, store):
+    speech = shared(SPEECH_48K)
+    from lipsync_cli.service import create_server
+
+    embedded = tmp_path / "embedded.mp4"
+    render(speech, embedded, options=RenderOptions(model=str(SAMPLE_VIDEO)), store=store)
+    check_mp4(embedded, fps=25, duration_s=load_audio(speech).duration_s, width=576, height=768)
+    server, port = create_server("127.0.0.1:0", store=store)
+    try:
+        remote = tmp_path / "remote.mp4"
+        render(speech, remote, options=RenderOptions(model=str(SAMPLE_VIDEO), server=f"127.0.0.1:{port}"),
+               store=store)
+    finally:
+        server.stop(None)
+    a, b = _frames(embedded), _frames(remote)
+    assert len(a) == len(b)
+    assert max(float(np.abs(x.astype(np.int16) - y).mean()) for x, y in zip(a, b)) < 0.5
+
+
+def _bad_audio_cases(tmp_path: Path) -> list[tuple[Path, str]]:
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    good = write_wav(tmp_path / "good.wav", np.zeros(16000, np.float32), 16000)
+    header_only = tmp_path / "header_only.wav"
+    header_only.write_bytes(good.read_bytes()[:44])
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(good.read_bytes()[:20000])
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all\n" * 100)
+    nan = write_wav(tmp_path / "nan.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    short = write_wav(tmp_path / "short.wav", np.zeros(200, np.float32), 16000)
+    return [
+        (tmp_path / "missing.wav", "no such file"),
+        (empty, "empty"),
+        (header_only, "truncated"),
+        (cut, "truncated"),
+        (text, "not a readable audio file"),
+        (nan, "NaN"),
+        (short, "shorter than one video frame"),
+    ]
+
+
+def test_bad_input_gets_one_line_and_leaves_nothing(tmp_path, cache_dir):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "out.mp4"
+    for path, needle in _bad_audio_cases(tmp_path):
+        proc = run_cli("render", path, "-o", out, "--cache-dir", cache_dir, cwd=tmp_path)
+        assert_clean_error(proc, needle)
+    speech = SAMPLE_SPEECH
+    assert_clean_error(run_cli("render", speech, "-o", out, "--model", "nobody", "--cache-dir", cache_dir,
+                               cwd=tmp_path), "nobody", "not found")
+    assert_clean_error(run_cli("render", speech, "-o", tmp_path / "no" / "such" / "dir.mp4",
+                               "--cache-dir", cache_dir, cwd=tmp_path), "does not exist")
+    assert_clean_error(run_cli("render", speech, "-o", tmp_path / "out.avi", "--cache-dir", cache_dir,
+                               cwd=tmp_path), ".mp4")
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert_clean_error(run_cli("render", speech, "-o", out, "--server", f"127.0.0.1:{free}",
+                               "--cache-dir", cache_dir, cwd=tmp_path), "nothing answers")
+    assert list(out_dir.iterdir()) == []
+
+
+def test_a_server_dying_mid_render_leaves_no_file(tmp_path, store):
+    from lipsync_cli.service import create_server
+
+    server, port = create_server("127.0.0.1:0", store=store)
+    out = tmp_path / "out.mp4"
+
+    def progress(stage, done, total):
+        if stage == "rendering" and done == 20:
+            threading.Thread(target=server.stop, args=(0,)).start()
+
+    with pytest.raises(ServiceError, match="went away|failed|cancel"):
+        render(SAMPLE_SPEECH, out, options=RenderOptions(model=str(SAMPLE_VIDEO), server=f"127.0.0.1:{port}"),
+               store=store, progress=progress)
+    assert list(tmp_path.iterdir()) == []
