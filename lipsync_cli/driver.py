@@ -4,20 +4,25 @@ The audio is cut into 10 ms hops. Each hop gets a few spectral measures (band le
 spectral centroids); running trackers turn them into speech/silence and mouth targets that do not
 depend on the recording's gain:
 
-- speech: a hop is loud enough above a tracked noise floor, in a run long enough to be a syllable
-  and not a click; short gaps inside an utterance are bridged.
+- speech: a hop is loud enough above the noise floor (the quietest hop of the last 1.5 s), in a
+  run long enough to be voice and not a click; gaps shorter than a stop closure are bridged.
 - open: the level of the first-formant band (where open vowels put their energy) relative to a
-  running high quantile of that level during speech, so open vowels sit near the top of the range
-  and closures near zero, whatever the loudness of the recording.
-- wide / round: where the second-formant region's energy sits relative to this speaker's running
-  average (front vowels and sibilants high, rounded vowels low).
-- closed: inside speech, the first-formant band drops far below the speech level without a
-  sibilant's hiss (lip closure of P/B/M, a nasal murmur).
+  running high quantile of that level in speech, lowered when that band holds little of the
+  spectrum (closed vowels, consonants). Loudness changes the level and its quantile alike, so the
+  same speech 20 dB quieter opens the mouth the same.
+- wide / round: where the spectrum's centroids sit against this speaker's running averages (front
+  vowels and sibilants high, rounded vowels low).
+- closed: a voiced hop (murmur of M, voice bar of B) with almost no first-formant energy, no
+  sibilant hiss, and the second formant pulled down as lips do.
 
 Each video frame then reads the hop targets around its own time plus a small anticipation, is
-smoothed and speed-limited the way real lips move, and keeps P/B/M closures sharp. Only a fixed
-amount of audio past a frame is needed (`lookahead_ms`), and `push` on any chunking gives exactly
-the frames `drive` gives on the whole clip.
+smoothed and speed-limited the way real lips move (approaching a closure or the end of speech over
+two frames, since the next frame's audio is already here), and keeps P/B/M closures sharp. Only a
+fixed amount of audio past a frame is needed (`lookahead_ms`), and `push` on any chunking gives
+exactly the frames `drive` gives on the whole clip.
+
+Limits: the shapes G (F/V) and H (L) need the phone's identity and are never chosen; audio that
+starts mid-vowel with nothing quieter before it is taken as speech only from its first dip.
 """
 
 from __future__ import annotations
@@ -53,30 +58,28 @@ VOWEL_BELOW_LEVEL_DB = 15.0  # a loud hop with its first-formant band this close
 F2_CENTROID_PRIOR_HZ = 1800.0  # typical adult averages, until this speaker's are known
 ALL_CENTROID_PRIOR_HZ = 800.0
 
-OPEN_AT_SPEECH_LEVEL = 0.7  # a vowel at the running speech level opens this much
-OPEN_PER_DB = 0.03  # each dB of first-formant level adds this much openness
+OPEN_AT_SPEECH_LEVEL = 0.9  # a vowel at the running speech level opens this much
+OPEN_PER_DB = 0.04  # each dB of first-formant level adds this much openness
 OPEN_SHARE_DB = -3.0  # an open vowel's first-formant band holds about this share of the spectrum
-OPEN_PER_SHARE_DB = 0.015  # each dB of share under that closes the mouth this much
+OPEN_PER_SHARE_DB = 0.02  # each dB of share under that closes the mouth this much
 CLOSED_BELOW_OPEN = 0.1  # a voiced hop whose openness comes out under this has the lips shut
-CLOSED_F2_MARGIN_HZ = 0.0  # ... and its second-formant centroid at most this far above the speaker's
 SIBILANT_ABOVE_TOTAL_DB = -6.0  # high band within this much of the total level: a hiss, not closed
 WIDE_AT_AVERAGE = 0.3  # lips a little spread at the speaker's average second-formant centroid
 WIDE_PER_HZ = 1 / 1000  # centroid above the speaker's average -> spread lips
 WIDE_ON_HISS = 0.6  # S, Z, SH: teeth together, lips spread
 ROUND_PER_HZ = 1 / 600  # centroid below the speaker's average -> rounded lips
 
-MAX_OPEN_SPEED_PER_S = 4.5  # open range per second: under a fifth of the range per 25 fps frame
+MAX_LIP_SPEED_PER_S = 5.0  # full ranges per second, for open, wide and round: a fifth per 25 fps frame
 HOLD_MS = 70  # a shape is held at least this long (closures and silence excepted)
 TURN_DEADBAND = 0.1  # a turn of `open` sooner than HOLD_MS after the last must be this large
 
-LOW_BAND_HZ = (60, 350)  # voicing, nasal murmur
 F1_BAND_HZ = (450, 1200)  # first formant of open vowels
 F2_CENTROID_BAND_HZ = (1000, 4000)  # front vowels high, rounded vowels low
 ALL_CENTROID_BAND_HZ = (300, 3500)
 HIGH_BAND_HZ = (4000, 8000)  # sibilant hiss
 TOTAL_BAND_HZ = (60, 8000)
 TINY_POWER = 1e-12  # keeps log10 finite on digital silence
-HOP_MEASURES = ("hop_db", "low_db", "f1_db", "high_db", "total_db", "f2_centroid_hz", "all_centroid_hz")
+HOP_MEASURES = ("hop_db", "f1_db", "high_db", "total_db", "f2_centroid_hz", "all_centroid_hz")
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,8 @@ class MouthParams:
     round: float  # 0..1 lips rounded/pushed forward (OO, W, O)
     closed: bool  # lips pressed together (P/B/M closure); open is 0.0 when True
     speech: bool  # speech is present in this frame
-    shape: str  # Rhubarb letter: A closed, B slightly open, C open, D wide open, E slightly
-    # rounded, F puckered, G F/V, H L, X rest/silence
+    shape: str  # Rhubarb letter: A closed (P/B/M), B slightly open (most consonants), C open (EH,
+    # AE), D wide open (AA), E slightly rounded (AO, ER), F puckered (UW, OW, W), G F/V, H L, X rest
 
 
 REST = MouthParams(0.0, 0.0, 0.0, False, False, "X")
@@ -114,8 +117,7 @@ class _HopAnalyser:
             idx = np.flatnonzero((freqs >= lo_hz) & (freqs < hi_hz))
             return slice(int(idx[0]), int(idx[-1]) + 1)
 
-        self.low, self.f1, self.high, self.total = (
-            band(*LOW_BAND_HZ), band(*F1_BAND_HZ), band(*HIGH_BAND_HZ), band(*TOTAL_BAND_HZ))
+        self.f1, self.high, self.total = band(*F1_BAND_HZ), band(*HIGH_BAND_HZ), band(*TOTAL_BAND_HZ)
         self.f2c, self.allc = band(*F2_CENTROID_BAND_HZ), band(*ALL_CENTROID_BAND_HZ)
         self.f2c_hz, self.allc_hz = freqs[self.f2c], freqs[self.allc]
         # window of hop k starts here relative to the hop start, so it is centred on the hop
@@ -147,7 +149,6 @@ class _HopAnalyser:
         f2c_power, allc_power = power[:, self.f2c], power[:, self.allc]
         out = {
             "hop_db": _db(np.square(hops).mean(axis=1)),
-            "low_db": _db(power[:, self.low].sum(axis=1)),
             "f1_db": _db(power[:, self.f1].sum(axis=1)),
             "high_db": _db(power[:, self.high].sum(axis=1)),
             "total_db": _db(power[:, self.total].sum(axis=1)),
@@ -172,7 +173,7 @@ class _HopTargets:
     open: float
     wide: float
     round: float
-    closure: bool  # the first-formant band has all but vanished without a hiss
+    closure: bool  # voiced, yet almost nothing in the first-formant band: lips shut
 
 
 class _HopTracker:
@@ -204,22 +205,24 @@ class _HopTracker:
     def step(self, m: dict[str, float]) -> _HopTargets:
         floor = self._noise_floor(m["hop_db"])
         loud = m["hop_db"] > max(floor + GATE_MARGIN_DB, SILENCE_FLOOR_DBFS)
-        f1 = m["f1_db"]
+        f1_db = m["f1_db"]
         # how much of the spectrum the first-formant band holds: most in open vowels, whatever the level
-        f1_share_db = m["f1_db"] - m["total_db"]
+        f1_share_db = f1_db - m["total_db"]
         if loud:
+            # a high quantile of the voiced hops sits on the vowels; stepping up by a fixed dB when
+            # above and down by a ninth of it when below settles on the 90th percentile
             self.loud_hops += 1
             if self.level_db is None:
-                self.level_db = f1
+                self.level_db = f1_db
             elif self.loud_hops <= self.warmup_hops:
-                self.level_db = max(self.level_db, f1)
-            elif f1 > self.level_db:
+                self.level_db = max(self.level_db, f1_db)
+            elif f1_db > self.level_db:
                 self.level_db += LEVEL_STEP_UP_DB
             else:
                 self.level_db -= self.level_step_down_db
         if self.level_db is None:
             return _HopTargets(loud, 0.0, 0.0, 0.0, False)
-        below_level_db = f1 - self.level_db
+        below_level_db = f1_db - self.level_db
         if loud and below_level_db > -VOWEL_BELOW_LEVEL_DB:
             self.f2_centroid_hz += CENTROID_RATE * (m["f2_centroid_hz"] - self.f2_centroid_hz)
             self.all_centroid_hz += CENTROID_RATE * (m["all_centroid_hz"] - self.all_centroid_hz)
@@ -234,7 +237,7 @@ class _HopTracker:
                 wide, round_ = max(wide, WIDE_ON_HISS), 0.0
         # lips shut on a voiced murmur or voice bar leave no first formant, and a labial pulls the
         # second formant down; a quiet hop is more often the end of speech than a closure
-        labial = m["f2_centroid_hz"] < self.f2_centroid_hz + CLOSED_F2_MARGIN_HZ
+        labial = m["f2_centroid_hz"] < self.f2_centroid_hz
         closure = loud and open_unclipped < CLOSED_BELOW_OPEN and not hiss and labial
         return _HopTargets(loud, _clip01(open_unclipped), wide, round_, closure)
 
@@ -243,10 +246,8 @@ def _clip01(x: float) -> float:
     return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
 
 
-def _shape(open_: float, wide: float, round_: float, closed: bool, speech: bool) -> str:
-    """The Rhubarb letter closest to these parameters."""
-    if not speech:
-        return "X"
+def _shape(open_: float, round_: float, closed: bool) -> str:
+    """The Rhubarb letter closest to these parameters of a speech frame."""
     if closed:
         return "A"
     if round_ > 0.5:
@@ -284,9 +285,10 @@ class MouthDriver:
         self.ahead_hops = AHEAD_MS // HOP_MS
         self.min_run_hops = MIN_SPEECH_RUN_MS // HOP_MS
         self.hangover_hops = HANGOVER_MS // HOP_MS
-        self.max_open_step = MAX_OPEN_SPEED_PER_S / float(fps)
+        self.max_step = MAX_LIP_SPEED_PER_S / float(fps)
         self.hold_frames = max(1, math.ceil(HOLD_MS / 1000 * float(fps)))
-        self.samples_in = 0
+        self.samples_in = 0  # pushed
+        self.samples_fed = 0  # pushed, plus the silence flush adds
         self.frames_out = 0
         # per-hop history from hop `hops_base` on, trimmed as frames are decided; the hops before
         # the audio starts are silence, so the first frames see a full window
@@ -305,9 +307,10 @@ class MouthDriver:
     @property
     def lookahead_ms(self) -> float:
         """How far past a frame's end audio must have arrived before that frame is decided (ms)."""
-        # the frame/sample pattern repeats every fps.numerator frames; the first 2000 show the worst
-        frames = range(min(self.fps.numerator, 2000))
-        worst = max(self._samples_needed(i) - self._frame_start(i + 1) for i in frames)
+        # _samples_needed(i) is at most frame i's start + anticipation + ahead hops + one hop's
+        # analysis reach, and frame i is at least this many samples long
+        shortest_frame = self.sample_rate_hz * self.fps.denominator // self.fps.numerator
+        worst = self.anticipation + self.ahead_hops * self.hop + self.analyser.reach - shortest_frame
         return 1000 * worst / self.sample_rate_hz
 
     def _frame_start(self, frame_index: int) -> int:
@@ -328,16 +331,20 @@ class MouthDriver:
         if samples.size and not np.isfinite(samples).all():
             raise AudioError("audio pushed to the mouth driver holds NaN or infinite samples")
         self.samples_in += len(samples)
-        self._add_hops(samples)
-        return self._decide(frame_count(self.samples_in, fps=self.fps, sample_rate_hz=self.sample_rate_hz))
+        return self._feed(samples, frame_count(self.samples_in, fps=self.fps, sample_rate_hz=self.sample_rate_hz))
 
     def flush(self) -> list[MouthParams]:
         """End of audio: return the remaining frames (audio past the end counts as silence)."""
         total = frame_count(self.samples_in, fps=self.fps, sample_rate_hz=self.sample_rate_hz)
-        if self.frames_out < total:
-            have = self.analyser.signal_start + len(self.analyser.signal)
-            self._add_hops(np.zeros(max(0, self._samples_needed(total - 1) - have), dtype=np.float32))
-        return self._decide(total)
+        if self.frames_out >= total:
+            return []
+        silence = np.zeros(max(0, self._samples_needed(total - 1) - self.samples_fed), dtype=np.float32)
+        return self._feed(silence, total)
+
+    def _feed(self, samples: np.ndarray, total_frames: int) -> list[MouthParams]:
+        self.samples_fed += len(samples)
+        self._add_hops(samples)
+        return self._decide(total_frames)
 
     def _add_hops(self, samples: np.ndarray) -> None:
         measures = self.analyser.feed(samples)
@@ -361,8 +368,7 @@ class MouthDriver:
 
     def _decide(self, total_frames: int) -> list[MouthParams]:
         out = []
-        analysed = self.hops_base + len(self.targets)
-        while self.frames_out < total_frames and self._centre_hop(self.frames_out) + self.ahead_hops < analysed:
+        while self.frames_out < total_frames and self._samples_needed(self.frames_out) <= self.samples_fed:
             out.append(self._frame(self.frames_out))
             self.frames_out += 1
         return out
@@ -393,10 +399,7 @@ class MouthDriver:
             self._hold_shape("X")
             return REST
         lo, hi = k - self.smooth_hops, k + self.smooth_hops
-        target = self._mean("open", lo, hi, k)
-        wide = self._toward(self.wide, self._mean("wide", lo, hi, k))
-        round_ = self._toward(self.round, self._mean("round", lo, hi, k))
-        self.wide, self.round = wide, round_
+        target, wide, round_ = self._mean("open", lo, hi, k), self._mean("wide", lo, hi, k), self._mean("round", lo, hi, k)
         closed = self._closure_at(k)
         # where the next frame is heading, from the audio already here, so that a closure or the
         # end of speech is approached over two frames instead of snapped to in one
@@ -407,19 +410,21 @@ class MouthDriver:
             next_target = 0.0
         else:
             next_target = self._mean("open", k_next - self.smooth_hops, min(k_next + self.smooth_hops, last_hop), k_next)
+        self.wide, self.round = self._toward(self.wide, wide), self._toward(self.round, round_)
         self._move_open(0.0 if closed else target, next_target, jump=closed)
-        shape = self._hold_shape(_shape(self.open, wide, round_, closed, True))
-        return MouthParams(self.open, wide, round_, closed, True, shape)
+        shape = self._hold_shape(_shape(self.open, self.round, closed))
+        return MouthParams(self.open, self.wide, self.round, closed, True, shape)
 
     def _toward(self, value: float, target: float) -> float:
-        return value + max(-self.max_open_step, min(self.max_open_step, target - value))
+        """One frame's move from value toward target at the lips' top speed."""
+        return value + max(-self.max_step, min(self.max_step, target - value))
 
     def _move_open(self, target: float, next_target: float, *, jump: bool) -> None:
         """Move `open` toward target at a lip's speed, ready for next_target, without fluttering."""
         if jump:
             self.open, self.direction, self.frames_since_turn = target, 0, 0
             return
-        step = self.max_open_step
+        step = self.max_step
         lo, hi = self.open - step, self.open + step
         value = min(max(target, lo), hi)
         # stay within one step of where the next frame must be

@@ -31,10 +31,11 @@ TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye di
 DEFAULT_MAX_OPEN = 0.17  # a plausible full opening for a person whose video never opens
 REST_SLACK = 0.012  # a base frame this close to the rest gap counts as at rest
 UPPER_SHARE = 0.3  # of an opening, how much the upper lip rises (the jaw does the rest)
-SWITCH_PENALTY = 0.35  # cost of jumping to a non-adjacent source frame, in units of the open range
-POSE_WEIGHT = 6.0  # cost per unit of head-pose difference (nose offset / eye distance)
+SWITCH_PENALTY = 0.12  # cost of jumping to a non-adjacent source frame, in units of the open range
+POSE_WEIGHT = 2.0  # cost per unit of head-pose difference (nose offset / eye distance)
 MATCH_TOLERANCE = 0.18  # keep following the previous source while within this share of the range
 FEATHER_FRACTION = 0.045  # mask feather (Gaussian sigma) as a share of the region side
+STRETCH_MAX = 2.5  # how far a real inner mouth may be stretched before it is drawn instead
 SLIT_FRACTION = 0.9  # the share of the inner-lip width that opens; the corners stay together
 UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
 LOWER_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
@@ -263,9 +264,12 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     map_x = np.broadcast_to(map_x, map_y.shape).astype(np.float32)
     patch = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # draw the inner mouth where the source had none to stretch
-    need = in_gap & (src_gap < np.maximum(0.45 * (new_bot - new_top), 2.0))
-    if need.any():
-        patch = _draw_interior(patch, need, t, u, new_top, new_bot, img, pts)
+    # the source's own inner mouth is stretched up to STRETCH_MAX; past that it would smear
+    need = in_gap & ((src_gap < 2.0) | (src_gap * STRETCH_MAX < new_bot - new_top))
+    rows = np.flatnonzero(need.any(axis=1))
+    if len(rows):
+        r0, r1 = rows[0], rows[-1] + 1
+        patch[r0:r1] = _draw_interior(patch[r0:r1], need[r0:r1], t[r0:r1], u, new_top, new_bot, img, pts)
     out = img.copy()
     out[y0:y1, x0:x1] = patch
     return out
@@ -315,25 +319,30 @@ def _draw_interior(patch, need, t, u, new_top, new_bot, img, pts) -> np.ndarray:
 def lower_face_mask(shape: tuple[int, int], *point_sets: np.ndarray) -> np.ndarray:
     """Feathered (H, W) float32 mask of the lower face outlined by each (468, 2) point set."""
     h, w = shape
-    mask = np.zeros((h, w), np.uint8)
+    k = 4  # built at a quarter of the size: it is blurred anyway
+    mask = np.zeros((h // k, w // k), np.uint8)
     for pts in point_sets:
-        poly = np.round(pts[list(LOWER_FACE)]).astype(np.int32)
-        cv2.fillPoly(mask, [poly], 255)
-    grow = max(3, int(0.03 * w))
+        cv2.fillPoly(mask, [np.round(pts[list(LOWER_FACE)] / k).astype(np.int32)], 255)
+    grow = max(1, int(0.03 * w / k))
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    sigma = FEATHER_FRACTION * w
-    small = cv2.resize(mask, (w // 4, h // 4), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    small = cv2.GaussianBlur(small, (0, 0), sigma / 4)
+    small = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), FEATHER_FRACTION * w / k)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def blend_lower_face(base: np.ndarray, src: np.ndarray, base_pts: np.ndarray, src_pts: np.ndarray) -> np.ndarray:
     """Put the aligned source's lower face onto the base region, colour-matched on the mask's rim."""
     alpha = lower_face_mask(base.shape[:2], base_pts, src_pts)
-    rim = (alpha > 0.05) & (alpha < 0.6)
-    b32, s32 = base.astype(np.float32), src.astype(np.float32)
+    x0, y0, bw, bh = cv2.boundingRect((alpha > 0.004).astype(np.uint8))
+    if bw == 0 or bh == 0:
+        return base
+    y1, x1 = y0 + bh, x0 + bw
+    a = alpha[y0:y1, x0:x1]
+    b32 = base[y0:y1, x0:x1].astype(np.float32)
+    s32 = src[y0:y1, x0:x1].astype(np.float32)
+    rim = (a > 0.05) & (a < 0.6)
     if rim.sum() > 50:
         gain = (b32[rim].mean(axis=0) + 1) / (s32[rim].mean(axis=0) + 1)
-        s32 = s32 * np.clip(gain, 0.85, 1.15)
-    a = alpha[..., None]
-    return (b32 * (1 - a) + s32 * a).clip(0, 255).astype(np.uint8)
+        s32 *= np.clip(gain, 0.85, 1.15)
+    out = base.copy()
+    out[y0:y1, x0:x1] = (b32 + (s32 - b32) * a[..., None]).clip(0, 255).astype(np.uint8)
+    return out

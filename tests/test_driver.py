@@ -189,7 +189,7 @@ def test_vowel_shapes(tmp_path):
         spoken = [p for p in drive(load_audio(path).samples, fps=Fraction(25)) if p.speech]
         return np.mean([p.open for p in spoken]), np.mean([p.wide for p in spoken])
 
-    open_ah, wide_ah = mean_params("ah ah ah, father, hot pot")
+    open_ah, wide_ah = mean_params("Pa, ah, father, hot pot")
     open_ee, wide_ee = mean_params("ee ee ee, see me, three trees")
     assert open_ah > open_ee
     assert wide_ee > wide_ah + 0.2

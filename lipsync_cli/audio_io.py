@@ -1,0 +1,252 @@
+"""Live audio through PortAudio (sounddevice): the microphone, a file played as if it were one, the
+speakers, and the list of devices.
+
+Audio callbacks only move data: each one hands a block to (or takes one from) a bounded queue with
+`put_nowait`/`get_nowait`, never waits and never does I/O. When a queue over- or under-runs, the
+callback only counts it; the reading side reports it, with what to change.
+
+Every block is mono float32 in [-1, 1]; `captured_at_s` is `time.monotonic()` when a block's last
+sample was captured (or, for a file, when it would have been).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipsync_cli.errors import DeviceError
+from lipsync_cli.video import AAC_RATES_HZ
+
+log = logging.getLogger(__name__)
+
+CHUNK_MS = 20  # one audio block: short enough for low latency, long enough for Python's scheduling
+QUEUE_BLOCKS = 50  # a queue holds 1 s of blocks before it overruns
+SPEAKER_QUEUE_BLOCKS = 10  # at most 200 ms of sound waits for the speakers (barge-in stops it at once)
+FALLBACK_RATE_HZ = 48_000  # for a device whose default rate an MP4 cannot carry
+LATE_TICKS_RESYNC = 5  # a paced source this many blocks behind (the machine stalled) restarts its clock
+
+MessageFn = Callable[[str], None]
+
+
+def _sounddevice():
+    """The sounddevice module; DeviceError when PortAudio itself is missing."""
+    try:
+        import sounddevice
+    except OSError as exc:  # raised at import when libportaudio2 is not installed
+        raise DeviceError(f"PortAudio is not available ({exc}): install it (apt-get install libportaudio2)") from exc
+    return sounddevice
+
+
+def chunk_samples(rate_hz: int) -> int:
+    """Samples in one CHUNK_MS block at rate_hz."""
+    return rate_hz * CHUNK_MS // 1000
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    host_api: str
+    inputs: int  # input channels
+    outputs: int  # output channels
+    default_rate_hz: int
+    is_default_input: bool
+    is_default_output: bool
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every audio device PortAudio sees (empty on a machine without any)."""
+    sd = _sounddevice()
+    try:
+        devices, apis = sd.query_devices(), sd.query_hostapis()
+        default_in, default_out = sd.default.device
+    except sd.PortAudioError as exc:
+        raise DeviceError(f"cannot list the audio devices ({exc})") from exc
+    return [DeviceInfo(index=i, name=d["name"], host_api=apis[d["hostapi"]]["name"],
+                       inputs=d["max_input_channels"], outputs=d["max_output_channels"],
+                       default_rate_hz=int(d["default_samplerate"]),
+                       is_default_input=i == default_in, is_default_output=i == default_out)
+            for i, d in enumerate(devices)]
+
+
+def _input_device(device: int | str | None) -> DeviceInfo:
+    """The microphone to open: `device` (an index or part of a name) or the default input."""
+    inputs = [d for d in list_devices() if d.inputs > 0]
+    if not inputs:
+        raise DeviceError("no microphone found: plug one in, or play a file as the microphone with --input FILE.wav")
+    if device is None:
+        return next((d for d in inputs if d.is_default_input), inputs[0])
+    if isinstance(device, int) or str(device).isdigit():
+        found = [d for d in inputs if d.index == int(device)]
+    else:
+        found = [d for d in inputs if str(device).lower() in d.name.lower()]
+    if len(found) != 1:
+        what = "no" if not found else "more than one"
+        raise DeviceError(f"{what} input device matches {device!r}: see --list-devices")
+    return found[0]
+
+
+class MicSource:
+    """The microphone: blocks of CHUNK_MS, mono, at the device's own rate (one an MP4 can carry)."""
+
+    def __init__(self, device: int | str | None = None):
+        sd = _sounddevice()
+        info = _input_device(device)
+        self.name = info.name
+        self.rate_hz = info.default_rate_hz if info.default_rate_hz in AAC_RATES_HZ else FALLBACK_RATE_HZ
+        self.overruns = 0  # blocks the reader did not take in time (dropped)
+        self._blocks: queue.Queue = queue.Queue(maxsize=QUEUE_BLOCKS)
+        try:
+            self._stream = sd.InputStream(device=info.index, samplerate=self.rate_hz, channels=1, dtype="float32",
+                                          blocksize=chunk_samples(self.rate_hz), callback=self._callback)
+            self._stream.start()
+        except sd.PortAudioError as exc:
+            raise DeviceError(f"cannot open the microphone {info.name!r} at {self.rate_hz} Hz ({exc}): "
+                              "pick another with --device (see --list-devices)") from exc
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        try:
+            self._blocks.put_nowait((indata[:, 0].copy(), time.monotonic()))
+        except queue.Full:
+            self.overruns += 1
+
+    def read(self, timeout_s: float) -> tuple[np.ndarray, float] | None:
+        """The next captured block and its capture time, or None when none came within timeout_s."""
+        try:
+            return self._blocks.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class Ticker:
+    """A real-time clock for paced sources: `wait()` returns at each block boundary, without drift."""
+
+    def __init__(self, block_s: float):
+        self.block_s = block_s
+        self._next = time.monotonic() + block_s
+
+    def wait(self, timeout_s: float) -> float | None:
+        """Sleep until the next boundary and return its time; None if it is more than timeout_s away."""
+        now = time.monotonic()
+        if self._next - now > timeout_s:
+            time.sleep(timeout_s)
+            return None
+        if now - self._next > LATE_TICKS_RESYNC * self.block_s:
+            self._next = now  # the machine stalled: carry on from now rather than rushing to catch up
+        time.sleep(max(0.0, self._next - now))
+        tick, self._next = self._next, self._next + self.block_s
+        return tick
+
+
+class PacedFile:
+    """Audio played as if it came from a microphone: CHUNK_MS blocks released in real time, then silence.
+
+    samples: (n,) float32 mono at rate_hz.
+    """
+
+    def __init__(self, samples: np.ndarray, rate_hz: int):
+        self.samples, self.rate_hz = samples, rate_hz
+        self.position = 0  # samples released so far (past the end: silence)
+        self._ticker = Ticker(chunk_samples(rate_hz) / rate_hz)
+
+    @property
+    def finished(self) -> bool:
+        return self.position >= len(self.samples)
+
+    def read(self, timeout_s: float) -> tuple[np.ndarray, float] | None:
+        """The next block when its time has come, or None when it is more than timeout_s away."""
+        tick = self._ticker.wait(timeout_s)
+        if tick is None:
+            return None
+        n = chunk_samples(self.rate_hz)
+        block = np.zeros(n, np.float32)
+        part = self.samples[self.position:self.position + n]
+        block[:len(part)] = part
+        self.position += n
+        return block, tick
+
+    def close(self) -> None:
+        pass
+
+
+def _open_output(rate_hz: int, block_samples: int, callback):
+    """A started output stream on the default device; DeviceError when there is none or it refuses."""
+    sd = _sounddevice()
+    if not any(d.outputs > 0 for d in list_devices()):
+        raise DeviceError("no audio output device found")
+    try:
+        stream = sd.OutputStream(samplerate=rate_hz, channels=1, dtype="float32", blocksize=block_samples,
+                                 callback=callback)
+        stream.start()
+    except sd.PortAudioError as exc:
+        raise DeviceError(f"the output device refuses {rate_hz} Hz mono ({exc})") from exc
+    return stream
+
+
+class Speaker:
+    """The default output device, fed CHUNK_MS blocks through a bounded queue.
+
+    With no usable output device it says so once through `on_message` and plays nothing; everything
+    else carries on. `delay_ms` of silence is queued first, so the sound waits for the picture.
+    """
+
+    def __init__(self, rate_hz: int, *, on_message: MessageFn, delay_ms: int = 0):
+        self.rate_hz = rate_hz
+        self.latency_s = 0.0  # what the device adds after our queue
+        self.underruns = 0  # device callbacks that found nothing to play
+        self.dropped = 0  # blocks refused because the queue was full
+        n = chunk_samples(rate_hz)
+        self._blocks: queue.Queue = queue.Queue(maxsize=SPEAKER_QUEUE_BLOCKS)
+        for _ in range(min(SPEAKER_QUEUE_BLOCKS // 2, delay_ms // CHUNK_MS)):
+            self._blocks.put_nowait(np.zeros(n, np.float32))
+        self._stream = None
+        try:
+            self._stream = _open_output(rate_hz, n, self._callback)
+            self.latency_s = float(self._stream.latency)
+        except DeviceError as exc:
+            on_message(f"no sound output ({exc}): carrying on without sound")
+
+    @property
+    def available(self) -> bool:
+        return self._stream is not None
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        try:
+            block = self._blocks.get_nowait()
+        except queue.Empty:
+            outdata.fill(0)
+            self.underruns += 1
+            return
+        m = min(frames, len(block))
+        outdata[:m, 0] = block[:m]
+        outdata[m:, 0] = 0
+
+    def play(self, block: np.ndarray) -> None:
+        """Queue one block (never waits; a full queue drops it and counts it)."""
+        if self._stream is None:
+            return
+        try:
+            self._blocks.put_nowait(block)
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self) -> int:
+        """Drop everything queued and not yet played; returns how many samples were dropped."""
+        dropped = 0
+        while True:
+            try:
+                dropped += len(self._blocks.get_nowait())
+            except queue.Empty:
+                return dropped
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
