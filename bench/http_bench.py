@@ -2,9 +2,9 @@
 
 Each of --clients keep-alive connections asks for --range-bytes at random offsets until
 --requests are done or --max-seconds pass, like many browsers seeking in one video. Every answer
-is checked byte for byte against the file. The same load then goes to Debian's nginx (started here
-with a temporary config on a free loopback port, stopped after) serving the same file, and the
-figures are printed side by side with their ratio.
+is checked byte for byte against the file. The same load goes to Debian's nginx (started here
+with a temporary config on a free loopback port, stopped after) serving the same file, in rounds
+that alternate between the two servers; medians and the median paired ratio are printed.
 
 The load generator runs in its own process so that it does not share the server's GIL; it is one
 Python process, so nginx's figures are a lower bound on what nginx can do.
@@ -16,24 +16,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import random
 import shutil
 import socket
+import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lipsync_cli.http_server import ServeSettings, create_server  # noqa: E402
+from lipsync_cli.http_server import ServeSettings, create_server
 
 DEFAULT_VIDEO = Path("/work/shared/data/speaker_man_1080x1920_25fps.mp4")
 DEFAULT_CLIENTS = 32
-DEFAULT_REQUESTS = 3000
-DEFAULT_MAX_SECONDS = 30.0
+DEFAULT_REQUESTS = 1500
+DEFAULT_ROUNDS = 3
+DEFAULT_MAX_SECONDS = 15.0
 DEFAULT_RANGE_BYTES = 1024 * 1024
 WARMUP_REQUESTS = 64
 NGINX_START_TIMEOUT_S = 10.0
@@ -147,8 +147,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
-    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="per server")
-    parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="per server")
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="per server and round")
+    parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="per server and round")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--range-bytes", type=int, default=DEFAULT_RANGE_BYTES)
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     parser.add_argument("--nginx-workers", type=int, default=1)
@@ -160,33 +161,38 @@ def main() -> None:
         raise SystemExit(f"{video} is smaller than one range ({args.range_bytes} bytes)")
 
     load = (args.clients, args.requests, args.max_seconds, args.range_bytes)
-    results = {}
-    # spawn: a fresh interpreter, nothing inherited from the server threads of this one
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
+    rounds: dict[str, list[dict]] = {"lipsync": [], "nginx": []}
+    with contextlib.ExitStack() as stack:
         server, port = create_server(ServeSettings(models_dir=video.parent, openai_api_key=None), port=0)
-        try:
-            results["lipsync"] = pool.apply(run_load, (port, f"/api/model-video/{video.stem}", str(video), *load))
-        finally:
-            server.stop()
+        stack.callback(server.stop)
+        targets = {"lipsync": (port, f"/api/model-video/{video.stem}")}
         if Path(args.nginx).is_file():
-            with tempfile.TemporaryDirectory(prefix="lipsync-nginx-") as tmp:
-                proc, port = _start_nginx(args.nginx, video.parent, Path(tmp), args.nginx_workers)
-                try:
-                    results["nginx"] = pool.apply(run_load, (port, f"/{video.name}", str(video), *load))
-                finally:
-                    proc.terminate()
-                    proc.wait(10)
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lipsync-nginx-")))
+            proc, nginx_port = _start_nginx(args.nginx, video.parent, tmp, args.nginx_workers)
+            stack.callback(proc.wait, 10)
+            stack.callback(proc.terminate)
+            targets["nginx"] = (nginx_port, f"/{video.name}")
+        # spawn: a fresh interpreter, nothing inherited from this one's server threads
+        pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(1))
+        # rounds alternate between the servers, so a change in the machine's load hits both
+        for _ in range(args.rounds):
+            for name, (target_port, path) in targets.items():
+                rounds[name].append(pool.apply(run_load, (target_port, path, str(video), *load)))
 
     print(f"{video.name}: {video.stat().st_size / 1e6:.1f} MB; {args.clients} clients, "
-          f"{args.range_bytes // 1024} KiB ranges at random offsets; loopback")
-    print(f"{'server':<8} {'requests':>8} {'req/s':>8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, r in results.items():
-        print(f"{name:<8} {r['requests']:>8} {r['rps']:>8.0f} {r['mb_per_s']:>8.0f} "
-              f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
-    if "nginx" in results:
-        ours, theirs = results["lipsync"], results["nginx"]
-        print(f"lipsync / nginx ({args.nginx_workers} worker): req/s x{ours['rps'] / theirs['rps']:.2f}, "
-              f"p99 x{ours['p99_ms'] / theirs['p99_ms']:.2f}")
+          f"{args.range_bytes // 1024} KiB ranges at random offsets, loopback; "
+          f"median of {args.rounds} rounds of up to {args.requests} requests")
+    print(f"{'server':<8} {'req/s':>8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, runs in rounds.items():
+        if runs:
+            row = {k: statistics.median(r[k] for r in runs) for k in ("rps", "mb_per_s", "p50_ms", "p99_ms")}
+            print(f"{name:<8} {row['rps']:>8.0f} {row['mb_per_s']:>8.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}")
+    if rounds["nginx"]:
+        pairs = list(zip(rounds["lipsync"], rounds["nginx"]))
+        rps_ratio = statistics.median(ours["rps"] / theirs["rps"] for ours, theirs in pairs)
+        p99_ratio = statistics.median(ours["p99_ms"] / theirs["p99_ms"] for ours, theirs in pairs)
+        print(f"lipsync / nginx ({args.nginx_workers} worker), median of paired rounds: "
+              f"req/s x{rps_ratio:.2f}, p99 latency x{p99_ratio:.2f}")
     else:
         print(f"nginx not found at {args.nginx}: no comparison (apt-get install nginx)")
 

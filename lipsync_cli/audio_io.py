@@ -104,7 +104,6 @@ class MicSource:
         try:
             self._stream = sd.InputStream(device=info.index, samplerate=self.rate_hz, channels=1, dtype="float32",
                                           blocksize=chunk_samples(self.rate_hz), callback=self._callback)
-            self._stream.start()
         except sd.PortAudioError as exc:
             raise DeviceError(f"cannot open the microphone {info.name!r} at {self.rate_hz} Hz ({exc}): "
                               "pick another with --device (see --list-devices)") from exc
@@ -116,7 +115,15 @@ class MicSource:
             self.overruns += 1
 
     def read(self, timeout_s: float) -> tuple[np.ndarray, float] | None:
-        """The next captured block and its capture time, or None when none came within timeout_s."""
+        """The next captured block and its capture time, or None when none came within timeout_s.
+
+        The first call starts the capture, so nothing piles up while the session is being set up.
+        """
+        if not self._stream.active:
+            try:
+                self._stream.start()
+            except _sounddevice().PortAudioError as exc:
+                raise DeviceError(f"the microphone {self.name!r} does not start ({exc})") from exc
         try:
             return self._blocks.get(timeout=timeout_s)
         except queue.Empty:
@@ -131,11 +138,14 @@ class Ticker:
 
     def __init__(self, block_s: float):
         self.block_s = block_s
-        self._next = time.monotonic() + block_s
+        self._next: float | None = None  # the first wait starts the clock
+
 
     def wait(self, timeout_s: float) -> float | None:
         """Sleep until the next boundary and return its time; None if it is more than timeout_s away."""
         now = time.monotonic()
+        if self._next is None:
+            self._next = now + self.block_s
         if self._next - now > timeout_s:
             time.sleep(timeout_s)
             return None
@@ -217,6 +227,13 @@ class Speaker:
     @property
     def available(self) -> bool:
         return self._stream is not None
+
+    @property
+    def delay_s(self) -> float:
+        """How long a block queued now waits before it is heard."""
+        if self._stream is None:
+            return 0.0
+        return self._blocks.qsize() * CHUNK_MS / 1000 + self.latency_s
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         try:

@@ -39,7 +39,7 @@ from lipsync_cli.generator import AUDIO_WINDOW_MS, MouthImage
 from lipsync_cli.mouth import lower_face_mask
 from lipsync_cli.store import Model
 
-# the mel recipe (docs/onnx-contract.md): the numbers Wav2Lip-style networks are trained with
+# the mel recipe (docs/onnx-contract.md), with the numbers of Wav2Lip's published hyper-parameters
 MEL_BANDS = 80
 MEL_FRAME_RATE_HZ = 80  # one mel frame per 12.5 ms
 HOP_SAMPLES = SAMPLE_RATE_HZ // MEL_FRAME_RATE_HZ  # 200
@@ -56,7 +56,7 @@ FEATURE_LIMIT = 4.0
 
 AUDIO_INPUT, FACE_INPUT, MOUTH_OUTPUT = "audio", "face", "mouth"
 AUDIO_SHAPE = (1, 1, MEL_BANDS, MEL_FRAMES)
-FACE_CHANNELS = (6, 3)  # masked + reference (Wav2Lip), or the region alone
+FACE_CHANNELS = (6, 3)  # masked + reference (Wav2Lip), or the face alone
 FACE_MARGIN = 0.1  # the face square's side is this much more than the face box's, so an opening jaw stays in
 COLOUR_ORDER_KEY = "colour_order"  # ONNX metadata: "rgb" (default) or "bgr"
 CONTRACT = "see docs/onnx-contract.md"
@@ -70,6 +70,7 @@ def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz (15 mel there), logarithmic above (27 mel per 6.4x)."""
     hz = np.asarray(hz, dtype=np.float64)
     log_step = np.log(6.4) / 27.0
+    # np.where evaluates both branches: keep the logarithm's argument positive
     return np.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + np.log(np.maximum(hz, 1e-9) / 1000.0) / log_step)
 
 
@@ -122,6 +123,15 @@ def face_square(face_bounds: np.ndarray) -> np.ndarray:
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half = (1 + FACE_MARGIN) * max(x1 - x0, y1 - y0) / 2
     return np.array([cx - half, cy - half, cx + half, cy + half])
+
+
+def cut_square(frame: np.ndarray, square: np.ndarray, side_px: int) -> np.ndarray:
+    """The `square` of a BGR frame as (side_px, side_px, 3) uint8."""
+    native_px = int(round(square[2] - square[0]))
+    if native_px <= side_px:
+        return crop_region(frame, square, side_px)
+    # warpAffine samples without averaging, so shrink in two steps: cut at about 1:1, then area-average
+    return cv2.resize(crop_region(frame, square, native_px), (side_px, side_px), interpolation=cv2.INTER_AREA)
 
 
 def _shape_text(shape) -> str:
@@ -256,7 +266,7 @@ class OnnxStream:
         if not params.speech:
             return MouthImage(region, bounds)
         square = face_square(model.face_bounds[i])
-        face = self.generator.network(crop_region(model.frame(i), square, side_px), audio)
+        face = self.generator.network(cut_square(model.frame(i), square, side_px), audio)
         # region pixel -> full-frame pixel -> face-square pixel (crop_region's convention on both sides)
         to_frame = (bounds[2:] - bounds[:2]) / REGION_PX
         to_face = side_px / (square[2:] - square[:2])

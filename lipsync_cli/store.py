@@ -99,6 +99,7 @@ class ModelStore:
         self.progress = progress
         self._models: OrderedDict[Path, Model] = OrderedDict()
         self._aliases: dict[str, Path] = {}  # names of videos given by path (see register)
+        self._preparing: dict[Path, threading.Lock] = {}  # one lock per video being prepared
         self._lock = threading.Lock()
 
     def register(self, video: Path) -> str:
@@ -120,19 +121,29 @@ class ModelStore:
             return Path(video).resolve() in self._models
 
     def get(self, spec: str | Path, *, names_only: bool = False) -> Model:
-        """The loaded model for a name or video path; prepares and loads it if needed."""
+        """The loaded model for a name or video path; prepares and loads it if needed.
+
+        Preparing one model never blocks lookups of the others: each video has its own lock.
+        """
         video = Path(spec).resolve() if isinstance(spec, Path) else self.resolve(spec, names_only=names_only).resolve()
         with self._lock:
             model = self._models.get(video)
             if model is not None and _stat(video) == model.source_stat:
                 self._models.move_to_end(video)
                 return model
+            video_lock = self._preparing.setdefault(video, threading.Lock())
+        with video_lock:
+            with self._lock:  # another thread may have loaded it while this one waited
+                model = self._models.get(video)
+                if model is not None and _stat(video) == model.source_stat:
+                    return model
             result = prepare_model(video, cache_dir=self.cache_dir, progress=self.progress)
             model = Model(video, result.cache)
-            self._models[video] = model
-            self._models.move_to_end(video)
-            while len(self._models) > self.limit:
-                self._models.popitem(last=False)
+            with self._lock:
+                self._models[video] = model
+                self._models.move_to_end(video)
+                while len(self._models) > self.limit:
+                    self._models.popitem(last=False)
             return model
 
     def is_prepared(self, video: Path) -> bool:

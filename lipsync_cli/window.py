@@ -77,7 +77,7 @@ class LiveWindow:
         check_display()
         self.title = title
         try:
-            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
             factor = min(1.0, MAX_WINDOW_HEIGHT_PX / height)
             cv2.resizeWindow(title, int(width * factor), int(height * factor))
         except cv2.error as exc:

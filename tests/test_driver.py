@@ -33,9 +33,9 @@ MAX_OPEN_STEP_P95 = 0.33  # people filmed talking: a third of their range per fr
 LOOKAHEAD_LIMIT_MS = 60.0  # the live path budget is 60 ms audio-to-frame
 
 
-def faint_noise(seconds: float, *, dbfs: float = -70.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.normal(0.0, 10 ** (dbfs / 20), int(seconds * SAMPLE_RATE_HZ))).astype(np.float32)
+def faint_noise(n_samples: int, *, dbfs: float = -70.0) -> np.ndarray:
+    """(n_samples,) float32 white noise at this RMS level."""
+    return np.random.default_rng(0).normal(0.0, 10 ** (dbfs / 20), n_samples).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,7 @@ def sentence(tmp_path_factory) -> np.ndarray:
 @pytest.mark.parametrize("fps", FPS_CHOICES, ids=str)
 @pytest.mark.parametrize("n_samples", [0, 1, 639, 640, 641, 16_000, 123_457])
 def test_one_frame_per_video_frame(fps, n_samples):
-    samples = faint_noise(n_samples / SAMPLE_RATE_HZ, dbfs=-30)[:n_samples]
-    samples = np.pad(samples, (0, n_samples - len(samples)))
+    samples = faint_noise(n_samples, dbfs=-30)
     assert len(drive(samples, fps=fps)) == frame_count(n_samples, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)
 
 
@@ -95,12 +94,13 @@ def test_frames_come_out_within_the_lookahead(sentence, fps):
 
 
 def test_silence_is_rest():
-    for samples in (np.zeros(3 * SAMPLE_RATE_HZ, dtype=np.float32), faint_noise(3.0), faint_noise(3.0, dbfs=-30)):
+    n = 3 * SAMPLE_RATE_HZ
+    for samples in (np.zeros(n, dtype=np.float32), faint_noise(n), faint_noise(n, dbfs=-30)):
         assert set(drive(samples, fps=Fraction(25))) == {REST}
 
 
 def test_a_click_in_silence_keeps_the_mouth_shut():
-    samples = faint_noise(4.0)
+    samples = faint_noise(4 * SAMPLE_RATE_HZ)
     samples[16_000] = 0.9  # one-sample tick
     samples[32_000:32_048] = 0.5 * np.sign(np.sin(np.arange(48)))  # a 3 ms click
     samples[48_000:48_080] = np.hanning(80) * 0.7  # a 5 ms knock
@@ -179,8 +179,8 @@ def test_closed_frames_sit_on_p_b_m_in_real_speech(recordings):
                 assert p.open == 0.0 and p.shape == "A"
                 total += 1
                 near += any(lab in driver_eval.BILABIALS for lab in labels[max(0, i - 1):i + 2])
-    base_rate = 0.1  # share of speech frames within a frame of a P/B/M label in these clips
-    assert total > 0 and near / total > 2 * base_rate
+    base_rate = 0.11  # share of all speech frames within a frame of a P/B/M label in these clips
+    assert total > 0 and near / total > 2 * base_rate  # measured 0.27
 
 
 def test_vowel_shapes(tmp_path):

@@ -137,7 +137,7 @@ def test_range_past_the_end_is_416(client, media):
         assert r.headers["content-range"] == f"bytes */{size}"
 
 
-def test_conditional_requests(client, media, tmp_path):
+def test_conditional_requests(client, media):
     first = client.get("/api/model-video/clip")
     etag, modified = first.headers["etag"], first.headers["last-modified"]
     for header in ({"If-None-Match": etag}, {"If-None-Match": f'"nope", W/{etag}'}, {"If-None-Match": "*"},

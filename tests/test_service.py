@@ -155,6 +155,23 @@ def test_health_serving_and_reflection(service):
     assert "grpc.health.v1.Health" in services
 
 
+def test_extra_servicers_share_the_server(store):
+    def add_echo(server):
+        handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)  # bytes in, bytes out
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {"Say": handler})])
+        return ["test.Echo"]
+
+    server, port = create_server(store=store, generator=CountingGenerator(), extra_servicers=[add_echo])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert channel.unary_unary("/test.Echo/Say")(b"hello", timeout=10) == b"hello"
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="test.Echo"))
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            assert "test.Echo" in ProtoReflectionDescriptorDatabase(channel).get_services()
+    finally:
+        server.stop(grace=None)
+
+
 def test_list_models(service, sample_model):
     with LipSyncClient(service[0]) as client:
         models = {m.name: m for m in client.list_models()}

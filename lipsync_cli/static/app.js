@@ -18,6 +18,10 @@ function card(model) {
   video.muted = true;
   video.playsInline = true;
   video.preload = "metadata";
+  // HEVC and some other codecs play in few browsers: say so instead of showing a black box
+  video.addEventListener("error", () => {
+    details.textContent = `${facts(model)} \u00b7 this browser cannot play this video`;
+  });
   const info = document.createElement("div");
   info.className = "info";
   const name = document.createElement("h2");
