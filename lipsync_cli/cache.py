@@ -152,8 +152,15 @@ def crop_region(frame: np.ndarray, bounds: np.ndarray, size_px: int = REGION_PX)
     """Resample the (sub-pixel) `bounds` box of a BGR frame to a size_px x size_px image."""
     x0, y0, x1, y1 = (float(v) for v in bounds)
     sx, sy = size_px / (x1 - x0), size_px / (y1 - y0)
+    if min(sx, sy) < 1:  # shrinking: low-pass the box first, as warpAffine samples without averaging
+        h, w = frame.shape[:2]
+        pad = 4 + int(2 / min(sx, sy))
+        wx0, wy0 = max(0, int(x0) - pad), max(0, int(y0) - pad)
+        wx1, wy1 = min(w, int(x1) + pad + 1), min(h, int(y1) + pad + 1)
+        frame = cv2.GaussianBlur(frame[wy0:wy1, wx0:wx1], (0, 0), 0.45 / min(sx, sy))
+        x0, x1, y0, y1 = x0 - wx0, x1 - wx0, y0 - wy0, y1 - wy0
     m = np.array([[sx, 0, -x0 * sx], [0, sy, -y0 * sy]], np.float64)
-    return cv2.warpAffine(frame, m, (size_px, size_px), flags=cv2.INTER_AREA if sx < 1 else cv2.INTER_CUBIC,
+    return cv2.warpAffine(frame, m, (size_px, size_px), flags=cv2.INTER_LINEAR if min(sx, sy) < 1 else cv2.INTER_CUBIC,
                           borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -12,7 +12,10 @@ import logging
 import os
 import random
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -383,25 +386,34 @@ def test_server_binds_reports_its_port_and_stops(media):
         httpx.get(f"http://127.0.0.1:{port}/healthz")
 
 
-def test_run_serve_starts_both_servers_and_stops(media):
+SERVE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from lipsync_cli.http_server import ServeSettings
+from lipsync_cli.serve import run_serve
+settings = ServeSettings(models_dir=Path(sys.argv[1]), cache_dir=Path(sys.argv[2]), openai_api_key=None)
+run_serve(settings, host="127.0.0.1", port=0, grpc_port=0, on_ready=lambda urls: print(json.dumps(urls), flush=True))
+print("stopped", flush=True)
+"""
+
+
+def test_run_serve_serves_both_and_stops_on_ctrl_c(media):
     pytest.importorskip("lipsync_cli.service", reason="the gRPC service (lipsync_cli/service.py) is not there yet")
     grpc = pytest.importorskip("grpc")
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from lipsync_cli.serve import run_serve
-
-    ready, stop, urls = threading.Event(), threading.Event(), {}
-    thread = threading.Thread(target=run_serve, args=(_settings(media),),
-                              kwargs=dict(host="127.0.0.1", port=0, grpc_port=0, stop=stop,
-                                          on_ready=lambda u: (urls.update(u), ready.set())))
-    thread.start()
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(media["models"]), str(media["cache"])],
+                            stdout=subprocess.PIPE, text=True)
     try:
-        assert ready.wait(20)
+        urls = json.loads(proc.stdout.readline())
+        assert urls["http"].startswith("http://127.0.0.1:") and urls["grpc"].startswith("127.0.0.1:")
         assert httpx.get(f"{urls['http']}healthz").json()["ok"] is True
         with grpc.insecure_channel(urls["grpc"]) as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0 and proc.stdout.read() == "stopped\n"
     finally:
-        stop.set()
-        thread.join(15)
-    assert not thread.is_alive()
+        proc.kill()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{urls['http']}healthz")

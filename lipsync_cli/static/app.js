@@ -8,31 +8,35 @@ function facts(model) {
   return `${model.width}\u00d7${model.height} \u00b7 ${model.fps} fps \u00b7 ${model.duration_s.toFixed(1)} s \u00b7 ${mb} MB`;
 }
 
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
 function card(model) {
-  const item = document.createElement("li");
-  item.className = "model";
-  const video = document.createElement("video");
-  video.src = model.url;
+  const details = element("p", "facts", facts(model));
+  const badge = model.prepared
+    ? element("span", "badge prepared", "prepared")
+    : element("span", "badge unprepared", "not prepared yet");
+  const info = element("div", "info");
+  info.append(element("h2", "", model.name), details, badge);
+
+  const video = element("video");
+  // "#t=0.1": the browser seeks there on load, so the card shows a frame, not a black box
+  video.src = `${model.url}#t=0.1`;
   video.controls = true;
   video.loop = true;
   video.muted = true;
   video.playsInline = true;
   video.preload = "metadata";
   // HEVC and some other codecs play in few browsers: say so instead of showing a black box
-  video.addEventListener("error", () => {
-    details.textContent = `${facts(model)} \u00b7 this browser cannot play this video`;
-  });
-  const info = document.createElement("div");
-  info.className = "info";
-  const name = document.createElement("h2");
-  name.textContent = model.name;
-  const details = document.createElement("p");
-  details.className = "facts";
-  details.textContent = facts(model);
-  const badge = document.createElement("span");
-  badge.className = model.prepared ? "badge prepared" : "badge unprepared";
-  badge.textContent = model.prepared ? "prepared" : "not prepared yet";
-  info.append(name, details, badge);
+  const cannotShow = () => { details.textContent = `${facts(model)} \u00b7 this browser cannot show this video`; };
+  video.addEventListener("error", cannotShow);
+  video.addEventListener("loadedmetadata", () => { if (!video.videoWidth) cannotShow(); });
+
+  const item = element("li", "model");
   item.append(video, info);
   return item;
 }

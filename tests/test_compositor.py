@@ -1,0 +1,52 @@
+"""The compositor against a simple reference: cropping a region and pasting it back changes nothing."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from lipsync_cli.cache import crop_region
+from lipsync_cli.compositor import composite, decode_region, feather_mask
+
+
+def _frame(h=600, w=800):
+    rng = np.random.default_rng(1)
+    return cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+
+
+@pytest.mark.parametrize("bounds", [(100.3, 80.7, 330.2, 310.6), (40.5, 20.25, 560.0, 540.0), (700.0, 500.0, 900.0, 700.0)])
+def test_crop_then_paste_is_the_identity(bounds):
+    frame = _frame()
+    region = crop_region(frame, np.array(bounds))
+    pasted = frame.copy()
+    assert composite(pasted, region, bounds)
+    diff = np.abs(pasted.astype(int) - frame.astype(int))
+    assert diff.mean() < 1.0 and diff.max() <= 12
+
+
+def test_no_visible_box_only_a_feathered_change():
+    frame = _frame()
+    bounds = (200.0, 150.0, 520.0, 470.0)
+    region = np.full((320, 320, 3), 255, np.uint8)  # a region that differs everywhere
+    out = frame.copy()
+    composite(out, region, bounds)
+    change = np.abs(out.astype(int) - frame.astype(int)).mean(axis=2)
+    assert change[310, 360] > 40  # the centre takes the region
+    # along the region's border the change fades to (almost) nothing: no hard rectangle
+    assert change[150, 200:520].max() < 3 and change[150:470, 200].max() < 3
+    assert change[:140].max() == 0 and change[:, :195].max() == 0
+    mask = feather_mask(320)
+    assert mask[0].max() == 0 and mask[160, 160] == 1
+
+
+def test_invalid_images_and_bounds_leave_the_frame_untouched():
+    frame = _frame()
+    assert decode_region(b"") is None and decode_region(b"not a jpeg") is None
+    ok, rect = cv2.imencode(".jpg", np.zeros((100, 50, 3), np.uint8))
+    assert decode_region(rect.tobytes()) is None  # not square
+    region = np.zeros((320, 320, 3), np.uint8)
+    for bad in [(np.nan, 0, 10, 10), (10, 10, 5, 5), (900, 700, 1000, 800), (0, 0, 1, 1), (1, 2, 3)]:
+        out = frame.copy()
+        assert not composite(out, region, bad)
+        assert (out == frame).all()
