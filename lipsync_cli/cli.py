@@ -114,6 +114,36 @@ def render(
               f"rendered in {summary.seconds:.1f} s ({summary.speed_x:.2f}x real time){fallback}")
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(3000, "--port", min=0, max=65535, help="HTTP port (0: a free one)."),
+    grpc_port: int = typer.Option(50051, "--grpc-port", min=0, max=65535, help="gRPC port (0: a free one)."),
+    models_dir: Optional[Path] = ModelsDir,
+    cache_dir: Optional[Path] = CacheDir,
+    allow_origin: List[str] = typer.Option([], "--allow-origin", help="A web origin allowed to call the API "
+                                           "from a browser (CORS); repeat for more. Default: none."),
+    token_secret: Optional[str] = typer.Option(None, "--token-secret", envvar="LIPSYNC_TOKEN_SECRET",
+                                               help="A shared secret callers of /api/token must present."),
+) -> None:
+    """Serve the model videos, the OpenAI token endpoint and the gRPC lip-sync service."""
+    import logging
+
+    from lipsync_cli.http_server import ServeSettings
+    from lipsync_cli.serve import run_serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServeSettings(models_dir=models_dir, cache_dir=cache_dir, allowed_origins=tuple(allow_origin),
+                             **({"token_secret": token_secret} if token_secret else {}))
+
+    def ready(urls: dict[str, str]) -> None:
+        out.print(f"web page and HTTP API: [bold]{urls['http']}[/]\ngRPC lip-sync service: [bold]{urls['grpc']}[/]"
+                  "\nCtrl-C stops.")
+
+    run_serve(settings, host=host, port=port, grpc_port=grpc_port, on_ready=ready)
+    out.print("stopped")
+
+
 def main() -> None:
     """Entry point: run the app, turning our errors into one clear line and exit code 1."""
     try:

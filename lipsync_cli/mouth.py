@@ -335,14 +335,13 @@ def blend_lower_face(base: np.ndarray, src: np.ndarray, base_pts: np.ndarray, sr
     x0, y0, bw, bh = cv2.boundingRect((alpha > 0.004).astype(np.uint8))
     if bw == 0 or bh == 0:
         return base
-    y1, x1 = y0 + bh, x0 + bw
-    a = alpha[y0:y1, x0:x1]
-    b32 = base[y0:y1, x0:x1].astype(np.float32)
-    s32 = src[y0:y1, x0:x1].astype(np.float32)
-    rim = (a > 0.05) & (a < 0.6)
-    if rim.sum() > 50:
-        gain = (b32[rim].mean(axis=0) + 1) / (s32[rim].mean(axis=0) + 1)
-        s32 *= np.clip(gain, 0.85, 1.15)
+    win = np.s_[y0:y0 + bh, x0:x0 + bw]
+    a = np.ascontiguousarray(alpha[win])
+    b, s = np.ascontiguousarray(base[win]), np.ascontiguousarray(src[win])
+    rim = ((a > 0.05) & (a < 0.6)).astype(np.uint8)
+    if cv2.countNonZero(rim) > 50:
+        gain = (np.array(cv2.mean(b, rim)[:3]) + 1) / (np.array(cv2.mean(s, rim)[:3]) + 1)
+        s = cv2.multiply(s, tuple(np.clip(gain, 0.85, 1.15)) + (0.0,))
     out = base.copy()
-    out[y0:y1, x0:x1] = (b32 + (s32 - b32) * a[..., None]).clip(0, 255).astype(np.uint8)
+    out[win] = cv2.blendLinear(s, b, a, 1.0 - a)
     return out

@@ -173,6 +173,20 @@ class _FrameMaker:
             captured_at_s=captured_at_s)
 
 
+def clip_frames(model: Model, stream: GeneratorStream, params: Iterable[MouthParams], mono: np.ndarray,
+                *, first_frame: int = 0) -> Iterator[lipsync_pb2.MouthFrame]:
+    """The reply of each frame of a whole clip, rendered in order through one generator stream.
+
+    params: the driver's parameters of output frames 0, 1, ...; mono: the clip, (n,) float32 at
+    SAMPLE_RATE_HZ, for each frame's audio window. Frame i is drawn on model frame
+    ping_pong(first_frame + i). RenderClip and the original system's API (`legacy_service`) both
+    render through here, so they give the same frames for the same audio.
+    """
+    frames = _FrameMaker(model, stream, first_frame)
+    for i, frame_params in enumerate(params):
+        yield frames.make(i, frame_params, _audio_window(mono, 0, _frame_centre(i, model.fps)))
+
+
 class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
     """The `lipsync.v1.LipSync` service over a model store and one mouth generator."""
 
@@ -193,12 +207,13 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                 raise _InvalidRequest(
                     f"{1000 * len(mono) / SAMPLE_RATE_HZ:.1f} ms of audio is shorter than one video frame "
                     f"({1000 / float(model.fps):.1f} ms at {float(model.fps):g} fps)")
-            frames = _FrameMaker(model, self.generator.open_stream(model), request.first_frame)
-            for i, params in enumerate(drive(mono, fps=model.fps)):
+            frames = clip_frames(model, self.generator.open_stream(model), drive(mono, fps=model.fps), mono,
+                                 first_frame=request.first_frame)
+            for i, frame in enumerate(frames):
                 if not context.is_active():
                     log.info("RenderClip: the client went away after %d frames; stopping", i)
                     return
-                yield frames.make(i, params, _audio_window(mono, 0, _frame_centre(i, model.fps)))
+                yield frame
 
     def StreamAudio(self, request_iterator: Iterator[lipsync_pb2.AudioChunk], context: grpc.ServicerContext
                     ) -> Iterator[lipsync_pb2.MouthFrame]:

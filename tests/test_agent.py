@@ -1,0 +1,163 @@
+"""`lipsync live --agent openai` against a fake Realtime server (tests/fake_realtime.py) driven by the
+real openai SDK: answers heard and mouthed, barge-in, and a server that fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_VIDEO, espeak_wav
+from fake_realtime import FakeRealtime
+from live_support import (best_match, frame_loudness, mouth_change, pulse, recording, screenshot,  # noqa: F401
+                          start_session, xvfb)
+from lipsync_cli.agent import REALTIME_RATE_HZ, AnswerAudio, websocket_base_url
+from lipsync_cli.audio import load_audio, resample, to_mono
+
+LEAD_S = 2.0  # silence before the user speaks: the agent connects meanwhile
+
+
+def _speech_24k(tmp_path: Path, name: str, text: str) -> np.ndarray:
+    clip = load_audio(espeak_wav(tmp_path / f"{name}.wav", text))
+    return resample(to_mono(clip.original), from_rate_hz=clip.original_rate_hz, to_rate_hz=REALTIME_RATE_HZ)
+
+
+def _user_wav(tmp_path: Path, *parts: np.ndarray | float) -> Path:
+    """The user's side as a 24 kHz WAV: speech arrays and silences (seconds), in order."""
+    from conftest import write_wav
+
+    pieces = [np.zeros(int(p * REALTIME_RATE_HZ), np.float32) if isinstance(p, float) else p for p in parts]
+    return write_wav(tmp_path / "user.wav", np.concatenate(pieces), REALTIME_RATE_HZ)
+
+
+@pytest.fixture
+def env(xvfb, pulse):
+    env = {**os.environ, **pulse, "DISPLAY": xvfb, "OPENAI_API_KEY": "sk-test-not-a-key"}
+    env.pop("OPENAI_BASE_URL", None)
+    return env
+
+
+def test_answer_is_heard_mouthed_and_captioned(env, tmp_path, cache_dir, sample_model):
+    question = _speech_24k(tmp_path, "question", "Hello, how are you?")
+    answer = _speech_24k(tmp_path, "answer", "I am fine, thank you.")
+    user = _user_wav(tmp_path, LEAD_S, question, 8.0)
+    out = tmp_path / "agent.mp4"
+    with FakeRealtime(answer, answer_text="I am fine, thank you.", user_text="Hello, how are you?") as fake:
+        env["OPENAI_BASE_URL"] = fake.base_url
+        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=8.5,
+                                agent={})
+        assert session.first_frame.wait(30), session.wait().stderr
+        deadline = time.monotonic() + 15
+        while not any(kind == "response.created" for _, _, kind in fake.sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the answer is playing, its caption on screen
+        screenshot(env["DISPLAY"], tmp_path / "answer.png")
+        shutil.copy(tmp_path / "answer.png", Path("/tmp") / "lipsync_agent_caption.png")  # to look at by hand
+        session.wait(30)
+    assert session.proc.returncode == 0, session.stderr
+    session_config = fake.of_type("session.update")[0]["session"]
+    assert session_config["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session_config["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    said = "".join(text for role, text, _ in session.transcripts if role == "assistant")
+    assert said == "I am fine, thank you.", session.transcripts
+    assert ("user", "Hello, how are you?", True) in session.transcripts
+    assert not fake.of_type("conversation.item.truncate")  # nobody interrupted
+    frames, audio, rate = recording(out)
+    assert rate == REALTIME_RATE_HZ
+    offset, ncc = best_match(audio, answer)
+    assert ncc > 0.95, ncc  # the recording holds the answer, whole
+    # the mouth moves while the answer plays and rests after it
+    change = mouth_change(frames, sample_model)
+    loud = frame_loudness(audio, rate, len(frames)) > 0.05
+    first, last = offset * 25 // rate, (offset + len(answer)) * 25 // rate
+    after = change[last + 8:]
+    assert loud[first:last].sum() >= 10 and len(after) >= 8
+    assert np.median(change[first:last][loud[first:last]]) > 3 * np.median(after) + 1.0
+
+
+def test_barge_in_stops_the_answer_and_truncates_it(env, tmp_path, cache_dir, sample_model):
+    question = _speech_24k(tmp_path, "question", "Tell me a story.")
+    answer = _speech_24k(tmp_path, "answer", "Once upon a time there was a small dragon who lived far away "
+                                             "in the mountains and loved to sing every morning.")
+    interruption = _speech_24k(tmp_path, "stop", "Wait, stop please.")
+    # the answer starts about 0.45 s after the question ends (the fake's VAD); the user talks 1.5 s into it
+    user = _user_wav(tmp_path, LEAD_S, question, 1.9, interruption, 6.0)
+    out = tmp_path / "barge.mp4"
+    with FakeRealtime(answer, answer_text="Once upon a time") as fake:
+        env["OPENAI_BASE_URL"] = fake.base_url
+        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=8.0,
+                                agent={}, window=False)
+        session.wait(40)
+    assert session.proc.returncode == 0, session.stderr
+    truncates = fake.of_type("conversation.item.truncate")
+    assert len(truncates) == 1, fake.events
+    assert truncates[0]["item_id"] == "answer1_1" and truncates[0]["content_index"] == 0
+    played_ms = truncates[0]["audio_end_ms"]
+    assert 700 < played_ms < 2600, played_ms
+    frames, audio, rate = recording(out)
+    offset, ncc = best_match(audio, answer[: rate // 2])
+    assert ncc > 0.95, ncc
+    # what the recording holds of the answer is what the server was told was played
+    cut = offset + played_ms * rate // 1000
+    heard, _ = best_match(audio[offset: cut + rate // 10], answer[cut - offset - rate // 5: cut - offset])
+    assert abs(heard - (cut - offset - rate // 5)) < rate // 50
+    # then silence, and the mouth at rest, until the next answer starts
+    rest = slice(cut + rate // 10, cut + rate * 3 // 2)
+    assert np.sqrt(np.mean(audio[rest] ** 2)) < 1e-3
+    change = mouth_change(frames, sample_model)
+    resting = change[(cut * 25 // rate) + 3: (cut + rate * 3 // 2) * 25 // rate]
+    speaking = change[offset * 25 // rate: cut * 25 // rate]
+    assert np.median(resting) * 3 + 1.0 < np.median(speaking), (resting, speaking)
+
+
+def test_error_event_and_dropped_socket_reconnect(env, tmp_path, cache_dir):
+    question = _speech_24k(tmp_path, "question", "Are you there?")
+    answer = _speech_24k(tmp_path, "answer", "Yes.")
+    user = _user_wav(tmp_path, LEAD_S + 1.5, question, 6.0)
+    with FakeRealtime(answer, answer_text="Yes.", misbehave={1: "error", 2: "drop"}) as fake:
+        env["OPENAI_BASE_URL"] = fake.base_url
+        session = start_session(env, cache_dir, input=user, model=str(SAMPLE_VIDEO), duration_s=9.0, agent={},
+                                window=False)
+        session.wait(40)
+    assert session.proc.returncode == 0, session.stderr
+    assert fake.connections >= 3, fake.connections
+    messages = " ".join(session.messages)
+    assert "fails on purpose" in messages and "connecting again" in messages, session.messages
+    assert any(role == "assistant" and "Yes." in text for role, text, _ in session.transcripts)
+    assert session.summary["frames_shown"] > 100
+
+
+def test_missing_api_key_is_one_line_before_any_window(env, tmp_path, cache_dir):
+    env.pop("OPENAI_API_KEY")
+    user = _user_wav(tmp_path, 0.5)
+    started = time.monotonic()
+    session = start_session(env, cache_dir, input=user, agent={}).wait(30)
+    assert session.proc.returncode == 1 and time.monotonic() - started < 20
+    assert session.stderr.strip().startswith("AgentError: OPENAI_API_KEY is not set"), session.stderr
+    assert len(session.stderr.strip().splitlines()) == 1
+
+
+def test_websocket_url_follows_the_base_url():
+    assert websocket_base_url("http://127.0.0.1:8080/v1") == "ws://127.0.0.1:8080/v1"
+    assert websocket_base_url("https://api.example.com/v1") == "wss://api.example.com/v1"
+
+
+def test_answer_audio_keeps_its_place_on_the_clock_across_an_interruption():
+    answer = AnswerAudio()
+    n = REALTIME_RATE_HZ // 50
+    answer.add(np.ones(5 * n, np.float32), "a")
+    ahead = answer.read_ahead(3 * n)
+    assert len(ahead) == 3 * n
+    block, _ = answer.read(1.0)
+    assert block.min() == 1.0
+    item, read = answer.interrupt()
+    assert (item, read) == ("a", n)
+    # the two blocks already given to the service stay, as silence; the rest is gone
+    assert answer.read(1.0)[0].max() == 0.0 and answer.read(1.0)[0].max() == 0.0
+    answer.add(np.full(n, 0.5, np.float32), "b")
+    assert len(answer.read_ahead(10 * n)) == n
+    assert answer.read(1.0)[0].max() == 0.5
