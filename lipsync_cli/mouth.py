@@ -171,7 +171,9 @@ class OwnMouthStream:
             pts = _apply(m, src_pts)
         iod_px = float(np.linalg.norm(base_pts[F.LEFT_EYE_OUTER] - base_pts[F.RIGHT_EYE_OUTER]))
         scale_x = 1 + 0.07 * params.wide - 0.10 * params.round
-        img = warp_lips(img, pts, target_gap_px=target * iod_px, scale_x=scale_x)
+        # only a frame of a talking video whose lips are apart shows a real inner mouth to stretch
+        has_interior = p.talking and p.open[s] > p.rest_open + 2 * REST_SLACK
+        img = warp_lips(img, pts, target_gap_px=target * iod_px, scale_x=scale_x, has_interior=has_interior)
         if s != b:
             img = blend_lower_face(base_img, img, base_pts, pts)
         return MouthImage(img, bounds)
@@ -188,13 +190,14 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x: float = 1.0) -> np.ndarray:
+def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x: float = 1.0,
+              has_interior: bool = True) -> np.ndarray:
     """Open or close the mouth of a region image to `target_gap_px` at its centre.
 
     img: (S, S, 3) uint8 BGR region; pts: (468, 2) its landmarks in region pixels. The lower lip and
     jaw move down (the upper lip a little up) with a lens-shaped opening between the inner corners;
-    the skin around follows smoothly. Where the source has a real open mouth it is stretched; where
-    it has none, the inner mouth is drawn.
+    the skin around follows smoothly. Where the source has a real open mouth (`has_interior`) it is
+    stretched; where it has none, the inner mouth is drawn.
     """
     size = img.shape[0]
     xl, xr = float(pts[78, 0]), float(pts[308, 0])
@@ -220,7 +223,7 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     u = (xs - cx) / (SLIT_FRACTION * hw)  # -1..1 across the part of the mouth that opens
     y_top = _contour_y(pts, UPPER_INNER, xs).astype(np.float32)
     y_bot = _contour_y(pts, LOWER_INNER, xs).astype(np.float32)
-    inside = np.abs(xs - cx) < hw
+    inside = np.abs(u) < 1  # outside the opening part the lips stay as the source has them
     y_top = np.where(inside, y_top, np.float32(pts[78, 1] + (pts[308, 1] - pts[78, 1]) * (xs > cx)))
     y_bot = np.where(inside, np.maximum(y_bot, y_top), y_top)
     src_gap = y_bot - y_top
@@ -265,7 +268,8 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     patch = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # draw the inner mouth where the source had none to stretch
     # the source's own inner mouth is stretched up to STRETCH_MAX; past that it would smear
-    need = in_gap & ((src_gap < 2.0) | (src_gap * STRETCH_MAX < new_bot - new_top))
+    stretch_ok = has_interior & (src_gap >= 2.0) & (src_gap * STRETCH_MAX >= new_bot - new_top)
+    need = in_gap & ~stretch_ok & (new_bot - new_top > 1.0)
     rows = np.flatnonzero(need.any(axis=1))
     if len(rows):
         r0, r1 = rows[0], rows[-1] + 1
@@ -299,7 +303,7 @@ def _draw_interior(patch, need, t, u, new_top, new_bot, img, pts) -> np.ndarray:
     # upper teeth: an arc under the upper lip, shallower and darker towards the corners
     if full_gap > 4:
         luma = float(lip.mean())
-        ivory = np.array([0.80, 0.90, 0.96], np.float32) * min(225.0, max(150.0, 1.15 * luma + 55))
+        ivory = np.array([0.74, 0.86, 0.97], np.float32) * min(225.0, max(150.0, 1.15 * luma + 55))
         teeth_px = np.minimum(0.32 * gap_px, 0.13 * (pts[308, 0] - pts[78, 0]) + 1) * np.clip(1 - au ** 2 * 1.4, 0, 1)
         on = np.clip((teeth_px - depth_px) / 1.2, 0, 1) * (au < 0.8)
         light = (1 - 0.45 * au ** 2) * (0.75 + 0.25 * np.clip(depth_px / np.maximum(teeth_px, 1), 0, 1))

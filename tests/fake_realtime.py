@@ -16,6 +16,7 @@ import threading
 import time
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 
 RATE_HZ = 24_000
 VAD_FRAME_MS = 20
@@ -140,6 +141,8 @@ class FakeRealtime:
         except asyncio.CancelledError:
             await send({"type": "response.done", "event_id": "ev12", "response": {
                 "id": response, "object": "realtime.response", "status": "cancelled"}})
+            return
+        except ConnectionClosed:  # the client left in the middle of the answer
             return
         if self.misbehave.get(number) == "drop":
             ws.transport.abort()

@@ -234,7 +234,9 @@ def best_match(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, float]:
     if len(haystack) < len(needle):
         return 0, 0.0
     corr = fftconvolve(haystack, needle[::-1], mode="valid")
-    energy = np.sqrt(np.maximum(fftconvolve(haystack ** 2, np.ones(len(needle)), mode="valid"), 1e-12))
-    ncc = corr / (energy * np.linalg.norm(needle))
+    energy = np.sqrt(np.maximum(fftconvolve(haystack ** 2, np.ones(len(needle)), mode="valid"), 0.0))
+    norm = np.linalg.norm(needle)
+    # where the haystack is (nearly) silent the ratio is only rounding noise
+    ncc = np.where(energy > 1e-3 * norm, corr / np.maximum(energy * norm, 1e-12), 0.0)
     k = int(np.argmax(ncc))
     return k, float(ncc[k])

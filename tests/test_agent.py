@@ -75,7 +75,7 @@ def test_answer_is_heard_mouthed_and_captioned(env, tmp_path, cache_dir, sample_
     loud = frame_loudness(audio, rate, len(frames)) > 0.05
     first, last = offset * 25 // rate, (offset + len(answer)) * 25 // rate
     after = change[last + 8:]
-    assert loud[first:last].sum() >= 10 and len(after) >= 8
+    assert loud[first:last].sum() >= 10 and len(after) >= 8, (offset, ncc, len(frames), len(audio), first, last)
     assert np.median(change[first:last][loud[first:last]]) > 3 * np.median(after) + 1.0
 
 
@@ -101,11 +101,10 @@ def test_barge_in_stops_the_answer_and_truncates_it(env, tmp_path, cache_dir, sa
     frames, audio, rate = recording(out)
     offset, ncc = best_match(audio, answer[: rate // 2])
     assert ncc > 0.95, ncc
-    # what the recording holds of the answer is what the server was told was played
+    # the recording holds the answer up to what the server was told was played, then silence
     cut = offset + played_ms * rate // 1000
-    heard, _ = best_match(audio[offset: cut + rate // 10], answer[cut - offset - rate // 5: cut - offset])
-    assert abs(heard - (cut - offset - rate // 5)) < rate // 50
-    # then silence, and the mouth at rest, until the next answer starts
+    tail = answer[cut - offset - rate // 2: cut - offset - rate // 20]
+    assert abs(best_match(audio, tail)[0] - (cut - rate // 2)) < rate // 100
     rest = slice(cut + rate // 10, cut + rate * 3 // 2)
     assert np.sqrt(np.mean(audio[rest] ** 2)) < 1e-3
     change = mouth_change(frames, sample_model)

@@ -1,0 +1,311 @@
+"""The original system's lip-sync API (`proto/lipsync_legacy.proto`, `lipsyncsrv.LipSyncService`).
+
+Served on the same gRPC server as `lipsync.v1.LipSync`, so the original clients only change the
+address they call:
+
+    generator = make_generator()
+    create_server(address, store=store, generator=generator,
+                  extra_servicers=[add_legacy_service(store, generator)])
+
+A request names a model frame, `frame_id`, which is also the time in the audio (frame_id / fps
+seconds); past the end of the model video the frames play back and forth, as in `render`. The
+audio comes as a base64 WAV file with every request; it is decoded once and kept by its hash.
+The default generator carries state from frame to frame (it continues its last source mouth), so
+the frames of one audio on one model are rendered in order through one generator stream, the way
+RenderClip renders them, and kept: a request for frame i answers with exactly RenderClip's frame i
+(first_frame 0), whatever order the requests come in. Frames with no audio, or past its end, show
+the mouth at rest.
+
+The original API reports failures in the reply (success = false, error set), never as a gRPC
+status: one bad request gets one failed reply, and a stream or batch goes on with the next.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from lipsync_cli.audio import SAMPLE_RATE_HZ, check_samples, resample, to_mono
+from lipsync_cli.cache import REGION_PX
+from lipsync_cli.driver import REST, MouthParams, drive
+from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
+from lipsync_cli.generator import MouthGenerator
+from lipsync_cli.models import VIDEO_SUFFIXES
+from lipsync_cli.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc, lipsync_pb2
+from lipsync_cli.service import AddServicer, clip_frames
+from lipsync_cli.store import Model, ModelStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = lipsync_legacy_pb2.DESCRIPTOR.services_by_name["LipSyncService"].full_name  # "lipsyncsrv.LipSyncService"
+PREDICTION_SHAPE = f"{REGION_PX}x{REGION_PX}x3"  # what the original API calls the JPEG's size
+AUDIO_CACHE_CLIPS = 8  # decoded WAVs kept
+# rendered clips kept; a minute of audio at 25 fps is about 45 MB of JPEGs
+CLIP_CACHE_CLIPS = 4
+NO_AUDIO = np.zeros(0, dtype=np.float32)
+
+
+class _BadRequest(Exception):
+    """The request cannot be answered as asked (a failed reply); never leaves this module."""
+
+
+def decode_wav_base64(text: str) -> np.ndarray:
+    """A base64 audio file (the original API's audio_override) -> (n,) float32 mono at SAMPLE_RATE_HZ.
+
+    Decoded exactly as RenderClip decodes the same samples sent as PCM. Raises AudioError for text
+    that is not base64, empty, not an audio file, or holding NaN.
+    """
+    import soundfile as sf
+
+    try:
+        data = base64.b64decode(text)
+    except (binascii.Error, ValueError) as exc:
+        raise AudioError(f"audio_override is not base64 ({exc}): send the WAV file's bytes base64-encoded") from exc
+    if not data:
+        raise AudioError("audio_override is empty: send a base64 WAV file, or leave the field out for a mouth at rest")
+    try:
+        samples, rate_hz = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as exc:  # LibsndfileError is a RuntimeError
+        raise AudioError(f"audio_override is not a readable audio file ({exc}): send a WAV file") from exc
+    if samples.shape[0] == 0:
+        raise AudioError("audio_override holds no audio samples")
+    check_samples(samples, what="audio_override")
+    return resample(to_mono(samples), from_rate_hz=int(rate_hz), to_rate_hz=SAMPLE_RATE_HZ)
+
+
+class AudioCache:
+    """Decoded audio_override WAVs by the hash of their base64 text, least recently used dropped first.
+
+    A client of the original API sends the same audio with every frame: it is decoded once.
+    """
+
+    def __init__(self, limit: int = AUDIO_CACHE_CLIPS):
+        self.limit = limit
+        self.decodes = 0  # WAVs decoded so far, hits not counted
+        self._samples: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> tuple[str, np.ndarray]:
+        """(key, samples) of a base64 WAV: the key names this audio; samples as `decode_wav_base64`."""
+        key = hashlib.sha256(text.encode()).hexdigest()
+        # decoding under the lock: requests that bring the same new audio at once wait for one decode
+        with self._lock:
+            samples = self._samples.get(key)
+            if samples is None:
+                samples = decode_wav_base64(text)
+                self.decodes += 1
+                self._samples[key] = samples
+                while len(self._samples) > self.limit:
+                    self._samples.popitem(last=False)
+            self._samples.move_to_end(key)
+            return key, samples
+
+
+class _Clip:
+    """The frames of one audio on one model, rendered in order through one generator stream, on demand."""
+
+    def __init__(self, model: Model, generator: MouthGenerator, mono: np.ndarray):
+        self.model, self.generator, self.mono = model, generator, mono
+        self.params: list[MouthParams] = drive(mono, fps=model.fps)
+        self._lock = threading.Lock()
+        self._start()
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.params)
+
+    def _start(self) -> None:
+        self._rendered: list[lipsync_pb2.MouthFrame] = []
+        self._frames = clip_frames(self.model, self.generator.open_stream(self.model), self.params, self.mono)
+
+    def frame(self, index: int) -> lipsync_pb2.MouthFrame:
+        """Frame `index` (below n_frames), rendering the frames before it first where not done yet."""
+        with self._lock:
+            try:
+                while len(self._rendered) <= index:
+                    self._rendered.append(next(self._frames))
+            except Exception:
+                # the stream stopped half-way: the next request renders the clip afresh
+                self._start()
+                raise
+            return self._rendered[index]
+
+
+class ClipCache:
+    """Rendered clips by (model, audio key), least recently used dropped first."""
+
+    def __init__(self, generator: MouthGenerator, limit: int = CLIP_CACHE_CLIPS):
+        self.generator, self.limit = generator, limit
+        self._clips: OrderedDict[tuple[Model, str], _Clip] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model: Model, audio_key: str, mono: np.ndarray) -> _Clip:
+        """The clip of this audio on this model (a reloaded model is a new one)."""
+        key = (model, audio_key)
+        with self._lock:
+            clip = self._clips.get(key)
+            if clip is None:
+                clip = self._clips[key] = _Clip(model, self.generator, mono)
+                while len(self._clips) > self.limit:
+                    self._clips.popitem(last=False)
+            self._clips.move_to_end(key)
+            return clip
+
+
+class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
+    """`lipsyncsrv.LipSyncService` over a model store and the same mouth generator as LipSync."""
+
+    def __init__(self, store: ModelStore, generator: MouthGenerator):
+        self.store, self.generator = store, generator
+        self.audio = AudioCache()
+        self.clips = ClipCache(generator)
+        self._videos: dict[str, Path] = {}  # model names LoadModel gave to videos by package_path
+
+    def add_to(self, server: grpc.Server) -> list[str]:
+        """Register on `server` (an `extra_servicers` entry of `service.create_server`)."""
+        lipsync_legacy_pb2_grpc.add_LipSyncServiceServicer_to_server(self, server)
+        return [SERVICE_NAME]
+
+    def GenerateInference(self, request: lipsync_legacy_pb2.InferenceRequest, context: grpc.ServicerContext
+                          ) -> lipsync_legacy_pb2.InferenceResponse:
+        """The mouth of one frame."""
+        return self._infer(request.model_name, request.frame_id, _audio_text(request))
+
+    def GenerateBatchInference(self, request: lipsync_legacy_pb2.BatchInferenceRequest,
+                               context: grpc.ServicerContext) -> lipsync_legacy_pb2.BatchInferenceResponse:
+        """One reply per frame id, in the order asked; a failed frame does not fail the others."""
+        started = time.perf_counter()
+        audio = _audio_text(request)
+        responses = [self._infer(request.model_name, frame_id, audio) for frame_id in request.frame_ids]
+        return lipsync_legacy_pb2.BatchInferenceResponse(responses=responses,
+                                                         total_processing_time_ms=_ms_since(started))
+
+    def StreamInference(self, request_iterator: Iterator[lipsync_legacy_pb2.InferenceRequest],
+                        context: grpc.ServicerContext) -> Iterator[lipsync_legacy_pb2.InferenceResponse]:
+        """One reply per request, in order, each as soon as it is ready."""
+        try:
+            for request in request_iterator:
+                if not context.is_active():
+                    return
+                yield self._infer(request.model_name, request.frame_id, _audio_text(request))
+        except Exception:
+            if context.is_active():
+                raise
+            # a cancelled client makes reading its requests raise: nothing is wrong on this side
+            log.info("StreamInference: the client went away")
+
+    def LoadModel(self, request: lipsync_legacy_pb2.LoadModelRequest, context: grpc.ServicerContext
+                  ) -> lipsync_legacy_pb2.LoadModelResponse:
+        """Prepare and load a model (and decode its audio, if sent), saying how long that took."""
+        started = time.perf_counter()
+        reply = lipsync_legacy_pb2.LoadModelResponse(model_name=request.model_name)
+        try:
+            reply.model_name = self._register(request.model_name, request.package_path)
+            model, loaded_now = self._model(reply.model_name)
+            audio = _audio_text(request)
+            if audio is not None:
+                self.audio.get(audio)  # now rather than on the first frame
+        except Exception as exc:
+            reply.error = _failure(exc, "LoadModel")
+            reply.message = f"model {reply.model_name!r} was not loaded"
+        else:
+            reply.success = True
+            state = "loaded" if loaded_now else "already loaded"
+            reply.message = f"model {model.name!r} {state}: {model.n_frames} frames at {float(model.fps):g} fps"
+        reply.initialization_time_ms = _ms_since(started)
+        return reply
+
+    def _infer(self, model_name: str, frame_id: int, audio: str | None) -> lipsync_legacy_pb2.InferenceResponse:
+        started = time.perf_counter()
+        reply = lipsync_legacy_pb2.InferenceResponse(model_name=model_name, frame_id=frame_id)
+        try:
+            if frame_id < 0:
+                raise _BadRequest(f"frame_id {frame_id} is negative: frames count from 0")
+            model, reply.auto_loaded = self._model(model_name)
+            frame = self._frame(model, frame_id, audio)
+        except Exception as exc:
+            reply.error = _failure(exc, "inference")
+        else:
+            reply.success = True
+            reply.prediction_data = frame.prediction_data
+            reply.bounds.extend(frame.bounds)
+            reply.prediction_shape = PREDICTION_SHAPE
+        reply.processing_time_ms = _ms_since(started)
+        return reply
+
+    def _frame(self, model: Model, frame_id: int, audio: str | None) -> lipsync_pb2.MouthFrame:
+        if audio is not None:
+            audio_key, mono = self.audio.get(audio)
+            clip = self.clips.get(model, audio_key, mono)
+            if frame_id < clip.n_frames:
+                return clip.frame(frame_id)
+        # a fresh stream, so a frame at rest does not depend on which frames were asked before it
+        return next(clip_frames(model, self.generator.open_stream(model), [REST], NO_AUDIO, first_frame=frame_id))
+
+    def _register(self, model_name: str, package_path: str) -> str:
+        """The name LoadModel loads: a video named by package_path is registered under model_name or its stem."""
+        video = Path(package_path).expanduser() if package_path else None
+        if video is None or not (video.is_file() and video.suffix.lower() in VIDEO_SUFFIXES):
+            # the original system's model packages are not videos: the model is looked up by name
+            if package_path:
+                log.info("LoadModel: package_path %s is not a video file; loading %r by name", package_path, model_name)
+            return model_name
+        stem = self.store.register(video)  # LipSync clients reach it by its stem too
+        name = model_name or stem
+        self._videos[name] = video.resolve()
+        return name
+
+    def _model(self, name: str) -> tuple[Model, bool]:
+        """The model called `name`, and whether this call had to load it."""
+        if not name:
+            raise _BadRequest("model_name is empty: name a model video on this server")
+        try:
+            video = self._videos.get(name) or self.store.resolve(name, names_only=True)
+        except ModelNotFoundError as exc:
+            log.info("unknown model requested: %s", exc)
+            # the store's message lists the folders searched: no business of a remote client
+            raise ModelNotFoundError(f"no model named {name!r} on this server "
+                                     "(lipsync.v1.LipSync/ListModels lists them)") from exc
+        loaded_before = self.store.is_loaded(video)
+        return self.store.get(video), not loaded_before
+
+
+def _audio_text(request) -> str | None:
+    """The request's base64 WAV, or None when it sends none (an empty string is sent, and refused)."""
+    return request.audio_override if request.HasField("audio_override") else None
+
+
+def _failure(exc: Exception, what: str) -> str:
+    """The one-line error a failed reply carries; failures of the server's own are logged."""
+    if isinstance(exc, (_BadRequest, AudioError, ModelNotFoundError)):
+        return str(exc)
+    if isinstance(exc, LipsyncError):
+        log.error("%s failed: %s", what, exc)
+        return f"{what} failed: {exc}"
+    log.exception("%s failed unexpectedly", what)
+    return f"{what} failed unexpectedly: {type(exc).__name__}: {exc}"
+
+
+def _ms_since(started: float) -> int:
+    """Whole milliseconds since `started` (a time.perf_counter() value)."""
+    return round(1000 * (time.perf_counter() - started))
+
+
+def add_legacy_service(store: ModelStore, generator: MouthGenerator) -> AddServicer:
+    """An `extra_servicers` entry for `service.create_server` that serves the original API.
+
+    Pass the same generator as create_server's, so both APIs draw the same mouths from one model
+    memory.
+    """
+    return LegacyLipSyncServicer(store, generator).add_to
