@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 FILE_AV_DELAY_MS = 80  # a played file's sound waits this long, about what the service needs to decide a mouth
 FEED_AHEAD_MS = 200  # agent answers reach the service this far before they play (and what a barge-in wastes)
-MAX_BEHIND_FRAMES = 3  # a reply this many frames behind the sound is dropped rather than shown late
+MAX_BACKLOG_FRAMES = 3  # more replies than this waiting to be shown: the oldest are dropped
 IDLE_LAG_FRAMES = 4  # without the service, idle frames trail the audio clock by this much (its usual delay)
 STALL_S = 0.3  # no reply for this long: show idle frames until replies come again
 RECONNECT_DELAY_S = 0.5
@@ -309,14 +309,15 @@ class _Scheduler:
             # the sound of a cut-off answer never plays: its mouths must not show either
             self.pending[slot] = (None if self.timeline.is_cut(start) else reply, arrived)
         heard_slot = self._slot_of(self.timeline.heard_sample())
-        # replies too far behind the sound are dropped; a few behind are shown, oldest first, to catch up
-        for s in [s for s in self.pending if s < max(self.next_slot, heard_slot - MAX_BEHIND_FRAMES)]:
+        # a small backlog is shown oldest first, to catch up; past that, and behind what was shown, dropped
+        due = sorted(s for s in self.pending if s <= heard_slot)
+        stale = set(due[:-MAX_BACKLOG_FRAMES]) | {s for s in due if s < self.next_slot}
+        for s in stale:
             del self.pending[s]
-            self.dropped += 1
-        due = [s for s in self.pending if s <= heard_slot]
+        self.dropped += len(stale)
+        due = [s for s in due if s not in stale]
         if due:
-            slot = min(due)
-            return self._show(slot, self.pending.pop(slot)[0])
+            return self._show(due[0], self.pending.pop(due[0])[0])
         idle_slot = heard_slot - IDLE_LAG_FRAMES
         quiet = not self.lip.streaming or time.monotonic() - self.lip.last_reply_s > STALL_S
         if quiet and idle_slot >= self.next_slot and idle_slot not in self.pending:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -19,9 +22,12 @@ from lipsync_cli.compositor import composite, decode_region
 from lipsync_cli.errors import AudioError, OutputError, ServiceError
 from lipsync_cli.models import default_model
 from lipsync_cli.progress import ProgressFn, report
-from lipsync_cli.store import ModelStore
+from lipsync_cli.store import Model, ModelStore
 from lipsync_cli.timing import first_sample_of_frame, frame_count
 from lipsync_cli.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, aac_rate_for
+
+
+COMPOSE_AHEAD_FRAMES = 4  # frames decoded and composited ahead of the encoder
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,28 @@ def _service_target(options: RenderOptions, store: ModelStore):
         yield target
 
 
+def _compose(model: Model, reply) -> tuple[np.ndarray, bool]:
+    """The full model frame a reply names, with its mouth region pasted (untouched if the region is unusable)."""
+    frame = model.frame(reply.model_frame % model.n_frames)
+    region = decode_region(reply.prediction_data)
+    return frame, region is not None and composite(frame, region, list(reply.bounds))
+
+
+def _composed(model: Model, replies: Iterator) -> Iterator[tuple[object, np.ndarray, bool]]:
+    """(reply, composited frame, pasted) in order; decoding and pasting run a few frames ahead of
+    the encoder in a worker thread (OpenCV releases the GIL), so they overlap with encoding."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsync-compose") as pool:
+        pending: deque = deque()
+        for reply in replies:
+            pending.append((reply, pool.submit(_compose, model, reply)))
+            if len(pending) >= COMPOSE_AHEAD_FRAMES:
+                reply_done, job = pending.popleft()
+                yield (reply_done, *job.result())
+        while pending:
+            reply_done, job = pending.popleft()
+            yield (reply_done, *job.result())
+
+
 def render(audio_path: Path, output: Path, *, options: RenderOptions, store: ModelStore,
            progress: ProgressFn | None = None) -> RenderSummary:
     """Render `audio_path` spoken by the model into the MP4 `output` (atomically)."""
@@ -104,13 +132,10 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
             with Mp4Writer(output, fps=model.fps, width=model.width, height=model.height,
                            audio_rate_hz=orig_rate, audio_channels=original.shape[1],
                            preset=options.preset, crf=options.crf) as writer:
-                for reply in frames:
+                for reply, frame, pasted in _composed(model, frames):
                     if reply.index != written:
                         raise ServiceError(f"the service sent frame {reply.index} where {written} was due")
-                    frame = model.frame(reply.model_frame % model.n_frames)
-                    region = decode_region(reply.prediction_data)
-                    if region is None or not composite(frame, region, list(reply.bounds)):
-                        fallbacks += 1
+                    fallbacks += not pasted
                     speech += bool(reply.speech)
                     writer.write_frame(frame)
                     # the audio that plays during this frame, in the file's own rate

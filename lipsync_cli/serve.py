@@ -8,7 +8,9 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from lipsync_cli.generator import make_generator
 from lipsync_cli.http_server import ServeSettings, create_server, is_loopback
+from lipsync_cli.legacy_service import add_legacy_service
 from lipsync_cli.service import create_server as create_grpc_server
 from lipsync_cli.store import ModelStore
 
@@ -54,8 +56,10 @@ def run_serve(settings: ServeSettings, *, host: str = DEFAULT_HOST, port: int = 
         LOG.warning("serving on %s with no token secret: anyone who can reach it can mint OpenAI client "
                     "secrets on this server's key; set --token-secret or LIPSYNC_TOKEN_SECRET", host)
     store = ModelStore(cache_dir=settings.cache_dir, models_dir=settings.models_dir)
-    # the factory returns it started
-    grpc_server, bound_grpc_port = create_grpc_server(_host_port(host, grpc_port), store=store)
+    # one generator behind both APIs: ours and the original system's, on the same port
+    generator = make_generator()
+    grpc_server, bound_grpc_port = create_grpc_server(_host_port(host, grpc_port), store=store, generator=generator,
+                                                      extra_servicers=[add_legacy_service(store, generator)])
     try:
         http_server, bound_http_port = create_server(settings, host=host, port=port)
         try:
