@@ -409,8 +409,11 @@ def test_run_serve_serves_both_and_stops_on_ctrl_c(media):
         assert urls["http"].startswith("http://127.0.0.1:") and urls["grpc"].startswith("127.0.0.1:")
         assert httpx.get(f"{urls['http']}healthz").json()["ok"] is True
         with grpc.insecure_channel(urls["grpc"]) as channel:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            health = health_pb2_grpc.HealthStub(channel)
+            # our service and the original system's answer on the same port
+            for service in ("", "lipsync.v1.LipSync", "lipsyncsrv.LipSyncService"):
+                answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0 and proc.stdout.read() == "stopped\n"
     finally:
