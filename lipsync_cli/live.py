@@ -75,7 +75,9 @@ class LiveSummary:
     frames_shown: int  # frames put on screen (or handed to on_frame), idle ones included
     frames_dropped: int  # replies from the service that came too late to be shown
     idle_frames: int  # frames of the avatar's own video shown because the service had none
-    latency_p50_ms: float | None  # audio captured -> its frame shown, over frames from the service
+    # audio captured (agent: an answer's audio arrived) -> its frame shown, over frames from the service;
+    # with speakers this includes waiting for the frame's sound to be heard
+    latency_p50_ms: float | None
     latency_p95_ms: float | None
     ready_p50_ms: float | None  # audio captured -> its frame back from the service (before waiting for the sound)
     ready_p95_ms: float | None
@@ -139,7 +141,7 @@ class _LipStream:
     def _run(self) -> None:
         from lipsync_cli.client import LipSyncClient
 
-        was_streaming = False
+        was_streaming = waiting_said = False
         while not self._stop.is_set():
             with self._lock:
                 first = frame_of_sample(self._fed, fps=self.fps, sample_rate_hz=self.rate_hz)
@@ -179,6 +181,9 @@ class _LipStream:
                 self.reconnects += 1
                 self.status = "reconnecting to the lip-sync service..."
                 self._say(f"{problem}: showing the idle avatar and reconnecting")
+            elif not was_streaming and not waiting_said:
+                waiting_said = True
+                self._say(f"{problem}; showing the idle avatar and trying again")
             self._stop.wait(RECONNECT_DELAY_S)
 
 
@@ -400,11 +405,19 @@ def _pump(source, timeline: _Timeline, stop: threading.Event, failures: list[Exc
             block, captured_at_s = got
             timeline.play(block, captured_at_s)
             if read_ahead is not None:
-                # stamped with when they will play, so latency says how far the mouth trails the sound
-                plays_at_s = captured_at_s + (timeline.fed - timeline.played) / timeline.rate_hz
-                timeline.feed_ahead(read_ahead(timeline.played + ahead_samples - timeline.fed), plays_at_s)
+                timeline.feed_ahead(read_ahead(timeline.played + ahead_samples - timeline.fed), captured_at_s)
     except Exception as exc:  # handed to the main thread, which ends the session with it
         failures.append(exc)
+
+
+def check_live(options: LiveOptions) -> None:
+    """Fail at once, with one line, where the session could not run: no display, no agent key."""
+    from lipsync_cli.agent import check_agent
+
+    if options.window:
+        check_display()
+    if options.agent is not None:
+        check_agent(options.agent)
 
 
 def run_live(options: LiveOptions, *, store: ModelStore, on_message: MessageFn | None = None,
@@ -417,16 +430,13 @@ def run_live(options: LiveOptions, *, store: ModelStore, on_message: MessageFn |
     Everything that can fail for want of a display, key, device, file or model fails before any
     window opens.
     """
-    from lipsync_cli.agent import RealtimeAgent, check_agent
+    from lipsync_cli.agent import RealtimeAgent
     from lipsync_cli.client import embedded_service
     from lipsync_cli.models import default_model
 
     started_s = time.monotonic()
     say = on_message or (lambda text: log.info("%s", text))
-    if options.window:
-        check_display()
-    if options.agent is not None:
-        check_agent(options.agent)
+    check_live(options)
     video = store.resolve(options.model) if options.model else default_model(models_dir=store.models_dir)
     model = store.get(video)
     model_name = store.register(video)
