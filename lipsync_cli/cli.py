@@ -25,7 +25,7 @@ out = Console(soft_wrap=True)
 
 ModelsDir = typer.Option(None, "--models-dir", help="Folder searched first for model videos by name.")
 CacheDir = typer.Option(None, "--cache-dir", envvar="LIPSYNC_CACHE_DIR",
-                        help="Where model caches live [default: ~/.cache/lipsync].")
+                        help="Where model caches live (default: ~/.cache/lipsync).")
 
 
 @contextlib.contextmanager
@@ -89,7 +89,7 @@ def render(
     audio: Path = typer.Argument(..., help="Speech: WAV (any rate, channels, sample type), FLAC, OGG or MP3."),
     output: Path = typer.Option(..., "-o", "--output", help="The MP4 to write (H.264 + AAC)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or video path "
-                                        "[default: the only model found, else the bundled sample]."),
+                                        "(default: the only model found, else the bundled sample)."),
     server: Optional[str] = typer.Option(None, "--server", help="A running lip-sync service: HOST:PORT, "
                                          "a comma-separated list, or dns:///NAME:PORT (round-robin). "
                                          "Default: one started in-process."),
@@ -142,6 +142,78 @@ def serve(
 
     run_serve(settings, host=host, port=port, grpc_port=grpc_port, on_ready=ready)
     out.print("stopped")
+
+
+@app.command()
+def live(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or video path "
+                                        "(default: the only model found, else the bundled sample)."),
+    input: Optional[Path] = typer.Option(None, "--input", help="Play this audio file as if it were the "
+                                         "microphone (and on the speakers), in real time."),
+    device: Optional[str] = typer.Option(None, "--device", help="Microphone: device index or part of its "
+                                         "name (see --list-devices)."),
+    list_devices: bool = typer.Option(False, "--list-devices", help="List the audio devices and exit."),
+    record: Optional[Path] = typer.Option(None, "--record", help="Write what is shown, with its sound, "
+                                          "to this MP4."),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="Stop after this many "
+                                             "seconds (default: q, Esc or Ctrl-C; with --input, its end)."),
+    server: Optional[str] = typer.Option(None, "--server", help="A running lip-sync service: HOST:PORT, "
+                                         "a comma-separated list, or dns:///NAME:PORT. Default: in-process."),
+    agent: Optional[str] = typer.Option(None, "--agent", help="Talk with a voice agent: openai "
+                                        "(OpenAI Realtime; needs OPENAI_API_KEY, honours OPENAI_BASE_URL)."),
+    voice: str = typer.Option("alloy", "--voice", help="The agent's voice."),
+    instructions: Optional[str] = typer.Option(None, "--instructions", help="How the agent behaves."),
+    realtime_model: str = typer.Option("gpt-realtime", "--realtime-model", help="The OpenAI Realtime model."),
+    models_dir: Optional[Path] = ModelsDir,
+    cache_dir: Optional[Path] = CacheDir,
+) -> None:
+    """Make the avatar speak live: the microphone (or --input, or an agent's answers) in a window."""
+    from lipsync_cli.agent import DEFAULT_INSTRUCTIONS, AgentOptions
+    from lipsync_cli.audio_io import list_devices as audio_devices
+    from lipsync_cli.errors import AgentError
+    from lipsync_cli.live import LiveOptions, check_live, run_live
+    from lipsync_cli.models import default_model
+
+    if list_devices:
+        devices = audio_devices()
+        if not devices:
+            out.print("no audio devices found")
+        for d in devices:
+            marks = ("default in " if d.is_default_input else "") + ("default out" if d.is_default_output else "")
+            out.print(f"{d.index:3d}  {d.name} ({d.host_api}): {d.inputs} in, {d.outputs} out, "
+                      f"{d.default_rate_hz} Hz {marks}".rstrip(), highlight=False)
+        return
+    if agent not in (None, "openai"):
+        raise AgentError(f"unknown agent {agent!r}: the only one is openai")
+    agent_options = AgentOptions(realtime_model=realtime_model, voice=voice,
+                                 instructions=instructions or DEFAULT_INSTRUCTIONS) if agent else None
+    options = LiveOptions(model=model, input=input, device=device, record=record, duration_s=duration,
+                          server=server, agent=agent_options)
+    speaking: list[str] = []  # the role whose transcript line is open
+
+    def transcript(role: str, text: str, final: bool) -> None:
+        if speaking and speaking[0] != role:
+            out.print()
+            speaking.clear()
+        if not speaking and (text or final):
+            out.print(f"[bold]{role}:[/] ", end="")
+            speaking.append(role)
+        out.print(text, end="", highlight=False, markup=False)
+        if final:
+            out.print()
+            speaking.clear()
+
+    check_live(options)  # no display or no key: say so before preparing anything
+    with progress_bar() as progress:
+        store = _store(models_dir, cache_dir, progress)
+        store.get(store.resolve(model) if model else default_model(models_dir=models_dir))
+    summary = run_live(options, store=store, on_transcript=transcript,
+                       on_message=lambda text: console.print(f"[yellow]{text}[/]", highlight=False))
+    latency = (f"latency p50 {summary.latency_p50_ms:.0f} ms, p95 {summary.latency_p95_ms:.0f} ms"
+               if summary.latency_p50_ms is not None else "no frames from the service")
+    saved = f", recorded to [green]{summary.record}[/]" if summary.record else ""
+    out.print(f"{summary.frames_shown} frames shown ({summary.idle_frames} idle), {summary.frames_dropped} dropped, "
+              f"{latency}, {summary.reconnects} reconnects, {summary.seconds:.1f} s{saved}")
 
 
 def main() -> None:
