@@ -67,14 +67,15 @@ def composite(frame: np.ndarray, region: np.ndarray, bounds) -> bool:
     m = np.array([[sx, 0, x0 - fx0 + 0.5 * sx - 0.5], [0, sy, y0 - fy0 + 0.5 * sy - 0.5]], np.float64)
     size = (fx1 - fx0, fy1 - fy0)
     interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR
-    patch = cv2.warpAffine(region, m, size, flags=interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    patch = cv2.warpAffine(region, m, size, flags=interp, borderMode=cv2.BORDER_REPLICATE)
     alpha = cv2.warpAffine(feather_mask(s), m, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
     window = frame[fy0:fy1, fx0:fx1]
-    under = window.astype(np.float32)
-    rim = (alpha > 0.05) & (alpha < 0.5)
-    if rim.sum() > 32:
-        gain = (under[rim].mean(axis=0) + 1) / (patch[rim].mean(axis=0) + 1)
-        patch *= np.clip(gain, 1 - MAX_GAIN_CHANGE, 1 + MAX_GAIN_CHANGE)
-    a = alpha[..., None]
-    window[...] = (under + (patch - under) * a).clip(0, 255).astype(np.uint8)
+    # colour match on the rim, where the region and the frame should agree
+    rim = cv2.inRange(alpha, 0.05, 0.5)
+    if cv2.countNonZero(rim) > 32:
+        gain = (np.array(cv2.mean(window, rim)[:3]) + 1) / (np.array(cv2.mean(patch, rim)[:3]) + 1)
+        gain = np.clip(gain, 1 - MAX_GAIN_CHANGE, 1 + MAX_GAIN_CHANGE)
+        if np.abs(gain - 1).max() > 0.004:
+            patch = cv2.multiply(patch, tuple(gain) + (0.0,))
+    window[...] = cv2.blendLinear(patch, np.ascontiguousarray(window), alpha, 1.0 - alpha)
     return True
