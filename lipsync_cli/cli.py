@@ -125,6 +125,7 @@ def serve(
                                            "from a browser (CORS); repeat for more. Default: none."),
     token_secret: Optional[str] = typer.Option(None, "--token-secret", envvar="LIPSYNC_TOKEN_SECRET",
                                                help="A shared secret callers of /api/token must present."),
+    max_models: int = typer.Option(5, "--max-models", min=1, help="Models kept loaded at once (LRU)."),
 ) -> None:
     """Serve the model videos, the OpenAI token endpoint and the gRPC lip-sync service."""
     import logging
@@ -134,6 +135,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(models_dir=models_dir, cache_dir=cache_dir, allowed_origins=tuple(allow_origin),
+                             max_models=max_models,
                              **({"token_secret": token_secret} if token_secret else {}))
 
     def ready(urls: dict[str, str]) -> None:

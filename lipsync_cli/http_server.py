@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from lipsync_cli.errors import LipsyncError, ModelNotFoundError, ServiceError, VideoError
 from lipsync_cli.models import (SAMPLE_MODEL, find_named_model, is_valid_name, list_model_videos,
                                 model_name)
-from lipsync_cli.store import ModelStore
+from lipsync_cli.store import DEFAULT_MODEL_LIMIT, ModelStore
 from lipsync_cli.video import probe_video
 
 LOG = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class ServeSettings:
     realtime_model: str = DEFAULT_REALTIME_MODEL
     # how long a minted client secret stays valid
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    # models the gRPC service keeps loaded at once (least recently used ones are dropped)
+    max_models: int = DEFAULT_MODEL_LIMIT
 
     def __post_init__(self) -> None:
         for origin in self.allowed_origins:

@@ -55,7 +55,7 @@ def run_serve(settings: ServeSettings, *, host: str = DEFAULT_HOST, port: int = 
     if not is_loopback(host) and settings.openai_api_key and settings.token_secret is None:
         LOG.warning("serving on %s with no token secret: anyone who can reach it can mint OpenAI client "
                     "secrets on this server's key; set --token-secret or LIPSYNC_TOKEN_SECRET", host)
-    store = ModelStore(cache_dir=settings.cache_dir, models_dir=settings.models_dir)
+    store = ModelStore(cache_dir=settings.cache_dir, models_dir=settings.models_dir, limit=settings.max_models)
     # one generator behind both APIs: ours and the original system's, on the same port
     generator = make_generator()
     grpc_server, bound_grpc_port = create_grpc_server(_host_port(host, grpc_port), store=store, generator=generator,

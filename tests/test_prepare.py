@@ -185,3 +185,27 @@ def test_bad_inputs_get_one_clear_line_and_leave_no_cache(tmp_path):
         assert_clean_error(proc, path.name, needle)
     assert not cache.exists() or not any(cache.iterdir())
     assert_clean_error(run_cli("prepare", "nobody", "--cache-dir", cache), "nobody", "model_videos")
+
+
+def test_loaded_models_sit_in_an_lru_with_memory_statistics(tmp_path, cache_dir):
+    from lipsync_cli.store import ModelStore
+
+    # three model videos: the sample under three names (same bytes and mtime, so one cache serves all)
+    videos = []
+    for name in ("ann", "bob", "cy"):
+        video = tmp_path / f"{name}.mp4"
+        shutil.copy2(SAMPLE_VIDEO, video)
+        shutil.copy(prepare_model(SAMPLE_VIDEO, cache_dir=cache_dir).cache, cache_path(video, tmp_path))
+        videos.append(video)
+    store = ModelStore(cache_dir=tmp_path, models_dir=tmp_path, limit=2)
+    first = store.get("ann", names_only=True)
+    assert store.get("ann", names_only=True) is first  # loaded once, then served from memory
+    store.get("bob", names_only=True)
+    store.get("ann", names_only=True)  # ann is now the most recently used
+    store.get("cy", names_only=True)  # so bob is the one dropped
+    stats = store.stats()
+    assert stats.loaded == ("ann", "cy") and stats.limit == 2
+    assert stats.bytes_held >= 2 * first.nbytes > 0
+    assert not store.is_loaded(videos[1]) and store.is_loaded(videos[0])
+    with pytest.raises(ValueError):
+        ModelStore(limit=0)
