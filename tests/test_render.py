@@ -182,3 +182,19 @@ def test_a_server_dying_mid_render_leaves_no_file(tmp_path, store):
         render(SAMPLE_SPEECH, out, options=RenderOptions(model=str(SAMPLE_VIDEO), server=f"127.0.0.1:{port}"),
                store=store, progress=progress)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_30_fps_landscape_model_renders_at_its_own_rate(tmp_path, store):
+    from helpers import make_video
+
+    # a 640x480 landscape clip at 30 fps: the sample's frames shrunk to 360x480, edges extended sideways
+    import cv2
+
+    frames = [np.pad(cv2.resize(f, (360, 480), interpolation=cv2.INTER_AREA), ((0, 0), (140, 140), (0, 0)),
+                     mode="edge") for i, f in enumerate(iter_frames(SAMPLE_VIDEO)) if i < 45]
+    video = make_video(tmp_path / "wide30.mp4", frames, fps=30)
+    speech = write_wav(tmp_path / "speech.wav", load_audio(SAMPLE_SPEECH).samples[: 16000 * 2], 16000)
+    out = tmp_path / "wide30_out.mp4"
+    summary = render(speech, out, options=RenderOptions(model=str(video)), store=store)
+    check_mp4(out, fps=30, duration_s=2.0, width=640, height=480)
+    assert summary.frames == 60 and summary.fallbacks == 0  # longer than the 45-frame video: ping-pong
