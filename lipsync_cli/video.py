@@ -52,8 +52,17 @@ def _open(path: Path):
     return container
 
 
+def _upright(frame) -> np.ndarray:
+    """A decoded frame as (H, W, 3) BGR the way players show it (phone videos carry a rotation)."""
+    img = frame.to_ndarray(format="bgr24")
+    quarter_turns = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4  # counter-clockwise
+    return np.ascontiguousarray(np.rot90(img, quarter_turns)) if quarter_turns else img
+
+
 def probe_video(path: str | Path) -> VideoInfo:
-    """Frame rate, size, frame count and duration of a video file."""
+    """Frame rate, size (as shown, rotation applied), frame count and duration of a video file."""
+    import av
+
     path = Path(path)
     with _open(path) as container:
         stream = container.streams.video[0]
@@ -61,12 +70,18 @@ def probe_video(path: str | Path) -> VideoInfo:
         fps = Fraction(rate).limit_denominator(1001)
         duration_s = float(stream.duration * stream.time_base) if stream.duration else (
             container.duration / 1e6 if container.duration else 0.0)
-        return VideoInfo(fps=fps, width=stream.codec_context.width, height=stream.codec_context.height,
-                         n_frames=int(stream.frames or 0), duration_s=duration_s)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError as exc:
+            raise VideoError(f"{path}: the video stream cannot be decoded ({exc})") from exc
+        if first is not None:
+            height, width = _upright(first).shape[:2]
+        return VideoInfo(fps=fps, width=width, height=height, n_frames=int(stream.frames or 0), duration_s=duration_s)
 
 
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode every frame of the first video stream as (H, W, 3) uint8 BGR."""
+    """Decode every frame of the first video stream as (H, W, 3) uint8 BGR, upright as players show it."""
     import av
 
     path = Path(path)
@@ -75,7 +90,7 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format="bgr24")
+                yield _upright(frame)
         except av.FFmpegError as exc:
             raise VideoError(f"{path}: the video stream is damaged ({exc})") from exc
 

@@ -209,3 +209,20 @@ def test_loaded_models_sit_in_an_lru_with_memory_statistics(tmp_path, cache_dir)
     assert not store.is_loaded(videos[1]) and store.is_loaded(videos[0])
     with pytest.raises(ValueError):
         ModelStore(limit=0)
+
+
+def test_a_phone_video_with_a_rotation_is_used_upright(tmp_path):
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    # frames stored sideways, as phones store portrait video, with the rotation players apply
+    sideways = [np.ascontiguousarray(np.rot90(f, -1)) for i, f in enumerate(iter_frames(SAMPLE_VIDEO)) if i < 25]
+    stored = make_video(tmp_path / "stored.mp4", sideways)
+    phone = tmp_path / "phone.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(stored), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+                    str(phone)], check=True)
+    result = prepare_model(phone, cache_dir=tmp_path)
+    assert result.face_found_pct == 100.0
+    with np.load(result.cache, allow_pickle=False) as z:
+        assert tuple(z["frame_size"]) == (576, 768)  # width, height as shown: portrait again
