@@ -90,8 +90,29 @@ def _wav_truncation(path: Path) -> tuple[int, int] | None:
             f.seek(size + (size & 1), 1)
 
 
+def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int] | None:
+    """The first audio stream of any file FFmpeg (PyAV) reads, as ((n, channels) float32, rate); None if none."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="stereo" if stream.channels > 1 else "mono")
+            blocks = [f.to_ndarray().reshape(-1, min(stream.channels, 2))
+                      for frame in container.decode(stream) for f in resampler.resample(frame)]
+            rate = stream.rate
+    except (av.FFmpegError, OSError, ValueError):
+        return None
+    if not blocks or not rate:
+        return None
+    return np.concatenate(blocks).astype(np.float32), int(rate)
+
+
 def load_audio(path: str | Path) -> AudioClip:
-    """Read an audio file soundfile understands (WAV of any PCM/float type, FLAC, OGG, MP3).
+    """Read an audio file: what soundfile reads (WAV of any PCM/float type, FLAC, OGG, MP3), else
+    the first audio stream FFmpeg finds (M4A/AAC, the sound track of a video).
 
     Raises AudioError with one line saying what is wrong for a missing, empty, truncated,
     non-audio or NaN-filled file.
@@ -114,7 +135,11 @@ def load_audio(path: str | Path) -> AudioClip:
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:  # LibsndfileError is a RuntimeError
-        raise AudioError(f"{path}: not a readable audio file ({exc}); use WAV, FLAC, OGG or MP3") from exc
+        # not a format libsndfile reads (m4a/AAC, the sound of a video, ...): FFmpeg may
+        decoded = _decode_with_ffmpeg(path)
+        if decoded is None:
+            raise AudioError(f"{path}: not a readable audio file ({exc}); use WAV, FLAC, OGG, MP3 or M4A") from exc
+        data, rate = decoded
     if data.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no audio samples")
     check_samples(data, what=str(path))

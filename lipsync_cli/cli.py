@@ -86,7 +86,7 @@ def prepare(
 
 @app.command()
 def render(
-    audio: Path = typer.Argument(..., help="Speech: WAV (any rate, channels, sample type), FLAC, OGG or MP3."),
+    audio: Path = typer.Argument(..., help="Speech: WAV (any rate, channels, sample type), FLAC, OGG, MP3, M4A."),
     output: Path = typer.Option(..., "-o", "--output", help="The MP4 to write (H.264 + AAC)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or video path "
                                         "(default: the only model found, else the bundled sample)."),

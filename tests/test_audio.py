@@ -1,0 +1,60 @@
+"""Audio in: every rate, channel count and sample type a user may have, to one analysis format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import write_wav
+from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio
+from lipsync_cli.errors import AudioError
+
+
+def _tone(rate_hz: int, seconds: float = 1.0, freq_hz: float = 1000.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(rate_hz * seconds)) / rate_hz
+    mono = (0.5 * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+    return np.repeat(mono[:, None], channels, axis=1) if channels > 1 else mono
+
+
+def _peak_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * SAMPLE_RATE_HZ / len(samples))
+
+
+@pytest.mark.parametrize("rate_hz,channels,subtype", [
+    (8000, 1, "PCM_U8"), (22050, 2, "PCM_16"), (44100, 2, "PCM_24"), (48000, 6, "PCM_32"), (96000, 1, "FLOAT"),
+])
+def test_any_wav_becomes_16k_mono_with_its_pitch_kept(tmp_path, rate_hz, channels, subtype):
+    path = write_wav(tmp_path / "tone.wav", _tone(rate_hz, channels=channels), rate_hz, subtype=subtype)
+    clip = load_audio(path)
+    assert clip.samples.dtype == np.float32 and clip.samples.ndim == 1
+    assert abs(len(clip.samples) - SAMPLE_RATE_HZ) <= 1
+    assert abs(_peak_hz(clip.samples) - 1000.0) < 5
+    assert clip.original.shape == (rate_hz, channels) and clip.original_rate_hz == rate_hz
+
+
+def test_flac_and_m4a_are_read(tmp_path):
+    import av
+
+    flac = write_wav(tmp_path / "tone.flac", _tone(44100), 44100, subtype="PCM_16")
+    assert abs(_peak_hz(load_audio(flac).samples) - 1000.0) < 5
+    m4a = tmp_path / "tone.m4a"  # AAC, which libsndfile does not read: FFmpeg (PyAV) does
+    with av.open(str(m4a), "w") as container:
+        stream = container.add_stream("aac", rate=48000)
+        stream.layout = "mono"
+        samples = _tone(48000, seconds=1.0)
+        for start in range(0, len(samples), 1024):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
+            frame.sample_rate = 48000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    clip = load_audio(m4a)
+    assert clip.original_rate_hz == 48000 and abs(clip.duration_s - 1.0) < 0.1
+    assert abs(_peak_hz(clip.samples[2000:14000]) - 1000.0) < 5
+
+
+def test_a_text_file_is_refused(tmp_path):
+    text = tmp_path / "speech.wav"
+    text.write_text("hello\n" * 100)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        load_audio(text)
