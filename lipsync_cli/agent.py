@@ -26,9 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipsync_cli.audio import pcm_to_float
+from lipsync_cli.audio import float_to_pcm16, pcm_to_float
 from lipsync_cli.audio_io import MessageFn, Ticker, chunk_samples
-from lipsync_cli.client import _pcm16
 from lipsync_cli.errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -310,7 +309,7 @@ class RealtimeAgent:
             if conn is None or not len(block):
                 continue
             try:
-                conn.input_audio_buffer.append(audio=base64.b64encode(_pcm16(block)[0]).decode("ascii"))
+                conn.input_audio_buffer.append(audio=base64.b64encode(float_to_pcm16(block)[0]).decode("ascii"))
             except (OpenAIError, WebSocketException, OSError) as exc:
                 log.debug("user audio not sent: %s", exc)  # the connection is going; _converse reconnects
 

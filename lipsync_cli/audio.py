@@ -16,6 +16,7 @@ import numpy as np
 from lipsync_cli.errors import AudioError
 
 SAMPLE_RATE_HZ = 16_000  # the one internal analysis rate
+PCM16_FULL_SCALE = 32767
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ def pcm_to_float(data: bytes, *, sample_type: str, channels: int) -> np.ndarray:
         raise AudioError(f"{len(data)} bytes is not a whole number of {channels}-channel {sample_type} samples")
     arr = np.frombuffer(data, dtype=dtype).astype(np.float32) * np.float32(scale)
     return arr.reshape(-1, channels)
+
+
+def float_to_pcm16(samples: np.ndarray, channels: int | None = None) -> tuple[bytes, int]:
+    """(n,) or (n, channels) float in [-1, 1] -> interleaved PCM16 little-endian bytes and the channel count."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    if samples.ndim != 2 or (channels is not None and samples.shape[1] != channels):
+        want = f"(n, {channels})" if channels is not None else "(n,) or (n, channels)"
+        raise AudioError(f"audio of shape {samples.shape} does not fit: expected {want}")
+    check_samples(samples, what="the audio")
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * PCM16_FULL_SCALE).astype("<i2")
+    return pcm.tobytes(), samples.shape[1]
 
 
 def check_samples(samples: np.ndarray, *, what: str) -> None:

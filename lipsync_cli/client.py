@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 
-from lipsync_cli.audio import check_samples
+from lipsync_cli.audio import float_to_pcm16
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
 from lipsync_cli.generator import MouthGenerator
 from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
@@ -24,7 +24,6 @@ from lipsync_cli.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-PCM16_FULL_SCALE = 32767
 REQUEST_OVERHEAD_BYTES = 1024  # model name, format and framing around a clip's audio
 # gRPC name-resolver schemes a target may start with; anything else is host:port[,host:port...]
 TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
@@ -75,19 +74,6 @@ def channel_target(target: str) -> str:
     return "ipv6:" + ",".join(f"[{a}]:{port}" for a, port in addresses)
 
 
-def _pcm16(samples: np.ndarray, channels: int | None = None) -> tuple[bytes, int]:
-    """(n,) or (n, channels) float in [-1, 1] -> interleaved PCM16 little-endian bytes and the channel count."""
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim == 1:
-        samples = samples[:, None]
-    if samples.ndim != 2 or (channels is not None and samples.shape[1] != channels):
-        want = f"(n, {channels})" if channels is not None else "(n,) or (n, channels)"
-        raise AudioError(f"audio of shape {samples.shape} does not fit: expected {want}")
-    check_samples(samples, what="the audio")
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * PCM16_FULL_SCALE).astype("<i2")
-    return pcm.tobytes(), samples.shape[1]
-
-
 def _pcm16_format(sample_rate_hz: int, channels: int) -> lipsync_pb2.AudioFormat:
     return lipsync_pb2.AudioFormat(sample_rate_hz=sample_rate_hz, channels=channels,
                                    sample_type=lipsync_pb2.PCM_S16LE)
@@ -132,7 +118,7 @@ class LipSyncClient:
         samples: (n,) or (n, channels) float32 in [-1, 1] at sample_rate_hz (sent as PCM16).
         first_frame: where in the model video's ping-pong loop the clip starts.
         """
-        data, channels = _pcm16(samples)
+        data, channels = float_to_pcm16(samples)
         if len(data) > MAX_MESSAGE_BYTES - REQUEST_OVERHEAD_BYTES:
             seconds = MAX_MESSAGE_BYTES // (2 * channels * sample_rate_hz)
             raise AudioError(f"the clip is too long for one request: at most about {seconds} s at "
@@ -157,7 +143,8 @@ class LipSyncClient:
                 model=model, first_frame=first_frame, format=_pcm16_format(sample_rate_hz, channels)))
             try:
                 for samples, captured_at_s in chunks:
-                    yield lipsync_pb2.AudioChunk(audio=_pcm16(samples, channels)[0], captured_at_s=captured_at_s)
+                    pcm = float_to_pcm16(samples, channels)[0]
+                    yield lipsync_pb2.AudioChunk(audio=pcm, captured_at_s=captured_at_s)
             except Exception as exc:
                 failure.append(exc)
                 raise
