@@ -9,6 +9,8 @@ import numpy as np
 
 FEATHER_FRACTION = 0.2  # the outer share of the region that fades into the frame
 MAX_GAIN_CHANGE = 0.12  # colour matching never shifts a channel by more than this factor
+CHANGE_LEVEL = 12  # a region pixel further than this (grey levels) from the model's own has changed
+CHANGE_GROW_FRACTION = 0.03  # the changed area grows and feathers by this share of the region side
 
 
 def _feather_mask(size_px: int) -> np.ndarray:
@@ -26,6 +28,19 @@ def feather_mask(size_px: int) -> np.ndarray:
     if size_px not in _MASKS:
         _MASKS[size_px] = _feather_mask(size_px)
     return _MASKS[size_px]
+
+
+def change_mask(region: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(S, S) float32 in [0, 1]: where `region` differs from the model's own `reference` region, grown
+    and feathered. JPEG noise stays under CHANGE_LEVEL, so untouched skin keeps the full-resolution
+    frame instead of a resampled copy of itself."""
+    s, k = region.shape[0], 4  # worked out on blocks of k x k pixels: it is feathered anyway
+    differs = (cv2.absdiff(region, reference).max(axis=2) > CHANGE_LEVEL).astype(np.float32)
+    blocks = np.clip(3 * cv2.resize(differs, (s // k, s // k), interpolation=cv2.INTER_AREA), 0, 1)
+    grow = max(1, round(CHANGE_GROW_FRACTION * s / k))
+    blocks = cv2.dilate(blocks, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    blocks = cv2.GaussianBlur(blocks, (0, 0), grow)
+    return cv2.resize(blocks, (s, s), interpolation=cv2.INTER_LINEAR)
 
 
 def decode_region(jpeg: bytes) -> np.ndarray | None:
@@ -47,9 +62,11 @@ def valid_bounds(bounds, width: int, height: int) -> bool:
     return x1 - x0 >= 4 and y1 - y0 >= 4 and x1 > 0 and y1 > 0 and x0 < width and y0 < height
 
 
-def composite(frame: np.ndarray, region: np.ndarray, bounds) -> bool:
+def composite(frame: np.ndarray, region: np.ndarray, bounds, *, reference: np.ndarray | None = None) -> bool:
     """Blend `region` (S, S, 3) BGR into `frame` (H, W, 3) BGR in place, over `bounds`.
 
+    reference: the model's own region for this frame (`Model.region`), when known; then only what
+    the generator changed is pasted and the rest of the frame keeps its own sharp pixels.
     Returns False (and leaves the frame untouched) when the bounds are unusable.
     """
     h, w = frame.shape[:2]
@@ -68,7 +85,10 @@ def composite(frame: np.ndarray, region: np.ndarray, bounds) -> bool:
     size = (fx1 - fx0, fy1 - fy0)
     interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR
     patch = cv2.warpAffine(region, m, size, flags=interp, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(feather_mask(s), m, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+    weight = feather_mask(s)
+    if reference is not None and reference.shape == region.shape:
+        weight = weight * change_mask(region, reference)
+    alpha = cv2.warpAffine(weight, m, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
     window = frame[fy0:fy1, fx0:fx1]
     # colour match on the rim, where the region and the frame should agree
     rim = cv2.inRange(alpha, 0.05, 0.5)

@@ -330,14 +330,15 @@ class _Scheduler:
         return self.window.poll() if self.window is not None else True
 
     def _show(self, slot: int, reply) -> bool:
-        frame = self.model.frame(ping_pong(slot, self.model.n_frames))
+        index = ping_pong(slot, self.model.n_frames)
+        frame = self.model.frame(index)
         now = time.monotonic()
         if reply is None:
             self.idle += 1
             self._speech = False
         else:
             region = decode_region(reply.prediction_data)
-            if region is None or not composite(frame, region, list(reply.bounds)):
+            if region is None or not composite(frame, region, list(reply.bounds), reference=self.model.region(index)):
                 self.fallbacks += 1
             self._speech = reply.speech
             if reply.captured_at_s:

@@ -83,9 +83,10 @@ def _service_target(options: RenderOptions, store: ModelStore):
 
 def _compose(model: Model, reply) -> tuple[np.ndarray, bool]:
     """The full model frame a reply names, with its mouth region pasted (untouched if the region is unusable)."""
-    frame = model.frame(reply.model_frame % model.n_frames)
+    index = reply.model_frame % model.n_frames
+    frame = model.frame(index)
     region = decode_region(reply.prediction_data)
-    return frame, region is not None and composite(frame, region, list(reply.bounds))
+    return frame, region is not None and composite(frame, region, list(reply.bounds), reference=model.region(index))
 
 
 def _composed(model: Model, replies: Iterator) -> Iterator[tuple[object, np.ndarray, bool]]:

@@ -50,3 +50,22 @@ def test_invalid_images_and_bounds_leave_the_frame_untouched():
         out = frame.copy()
         assert not composite(out, region, bad)
         assert (out == frame).all()
+
+
+def test_only_what_the_generator_changed_is_pasted():
+    frame = _frame()
+    bounds = (150.0, 100.0, 550.0, 500.0)  # 400 px shown from a 320 px region: resampling would blur it
+    reference = crop_region(frame, np.array(bounds))
+    region = reference.copy()
+    cv2.ellipse(region, (160, 200), (50, 20), 0, 0, 360, (20, 20, 60), -1)  # a drawn open mouth
+    out = frame.copy()
+    composite(out, region, bounds, reference=reference)
+    change = np.abs(out.astype(int) - frame.astype(int)).mean(axis=2)
+    mouth_y, mouth_x = 100 + int(200 * 400 / 320), 150 + int(160 * 400 / 320)
+    assert change[mouth_y, mouth_x] > 40  # the mouth is there
+    # skin the generator left alone keeps the frame's own pixels exactly, resampling never touches it
+    assert change[110:160, 160:540].max() == 0 and change[440:490, 160:540].max() == 0
+    # without a reference the whole region is pasted (and so resampled)
+    plain = frame.copy()
+    composite(plain, region, bounds)
+    assert np.abs(plain.astype(int) - frame.astype(int))[130:150, 300:400].max() > 0
