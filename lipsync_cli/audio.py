@@ -40,13 +40,13 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
 
 
 def resample(samples: np.ndarray, *, from_rate_hz: int, to_rate_hz: int) -> np.ndarray:
-    """Resample (n,) float32 with a polyphase anti-aliasing filter (scipy's resample_poly)."""
+    """Resample (n,) or (n, channels) float32 with a polyphase anti-aliasing filter (scipy's resample_poly)."""
     if from_rate_hz == to_rate_hz:
         return samples.astype(np.float32, copy=False)
     from scipy.signal import resample_poly
 
     g = gcd(from_rate_hz, to_rate_hz)
-    return resample_poly(samples, to_rate_hz // g, from_rate_hz // g).astype(np.float32)
+    return resample_poly(samples, to_rate_hz // g, from_rate_hz // g, axis=0).astype(np.float32)
 
 
 def pcm_to_float(data: bytes, *, sample_type: str, channels: int) -> np.ndarray:
@@ -154,8 +154,13 @@ def load_audio(path: str | Path) -> AudioClip:
         if decoded is None:
             raise AudioError(f"{path}: not a readable audio file ({exc}); use WAV, FLAC, OGG, MP3 or M4A") from exc
         data, rate = decoded
+    return clip_from_samples(data, int(rate), what=str(path))
+
+
+def clip_from_samples(data: np.ndarray, rate_hz: int, *, what: str) -> AudioClip:
+    """Decoded (n, channels) float32 samples at rate_hz -> an AudioClip; refuses empty or NaN audio."""
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: the file holds no audio samples")
-    check_samples(data, what=str(path))
-    mono = resample(to_mono(data), from_rate_hz=int(rate), to_rate_hz=SAMPLE_RATE_HZ)
-    return AudioClip(samples=mono, original=data, original_rate_hz=int(rate))
+        raise AudioError(f"{what}: the file holds no audio samples")
+    check_samples(data, what=what)
+    mono = resample(to_mono(data), from_rate_hz=rate_hz, to_rate_hz=SAMPLE_RATE_HZ)
+    return AudioClip(samples=mono, original=data, original_rate_hz=rate_hz)

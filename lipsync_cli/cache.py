@@ -206,6 +206,8 @@ def build_cache(video: Path, *, progress: ProgressFn | None = None) -> dict[str,
     lo, hi = pts.min(axis=1), pts.max(axis=1)
     face_bounds = _smooth(np.concatenate([lo, hi], axis=1), CENTER_SMOOTH_FRAMES)
 
+    # the regions need the smoothed bounds, known only once every frame is tracked: decode the
+    # video a second time rather than hold every full frame in memory meanwhile (GBs at 1080p)
     region_blobs = []
     for i, frame in enumerate(iter_frames(video)):
         if i >= n:
@@ -266,10 +268,11 @@ def prepare_model(video: Path, *, cache_dir: Path | None = None, force: bool = F
             pct = 100.0 * float(z["face_found"].mean())
         return PrepareResult(video, path, "fresh", "", n, float(fps[0] / fps[1]), pct, path.stat().st_size,
                              time.perf_counter() - t0)
+    progress = report(progress)
     arrays = build_cache(video, progress=progress)
-    progress and progress("writing", 0, 1)
+    progress("writing", 0, 1)
     size = write_cache(arrays, path)
-    progress and progress("writing", 1, 1)
+    progress("writing", 1, 1)
     fps = arrays["fps"]
     return PrepareResult(video, path, "built" if why == "missing" else "rebuilt",
                          "" if why == "missing" else why, len(arrays["face_found"]), float(fps[0] / fps[1]),

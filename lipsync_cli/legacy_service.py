@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ, check_samples, resample, to_mono
+from lipsync_cli.audio import clip_from_samples
 from lipsync_cli.cache import REGION_PX
 from lipsync_cli.driver import REST, MouthParams, drive
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
@@ -78,10 +78,7 @@ def decode_wav_base64(text: str) -> np.ndarray:
         samples, rate_hz = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:  # LibsndfileError is a RuntimeError
         raise AudioError(f"audio_override is not a readable audio file ({exc}): send a WAV file") from exc
-    if samples.shape[0] == 0:
-        raise AudioError("audio_override holds no audio samples")
-    check_samples(samples, what="audio_override")
-    return resample(to_mono(samples), from_rate_hz=int(rate_hz), to_rate_hz=SAMPLE_RATE_HZ)
+    return clip_from_samples(samples, int(rate_hz), what="audio_override").samples
 
 
 class AudioCache:

@@ -17,6 +17,7 @@ Everything happens in the 320x320 region images the cache holds, so one frame co
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 
 import cv2
@@ -29,6 +30,7 @@ from lipsync_cli.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
 DEFAULT_MAX_OPEN = 0.17  # a plausible full opening for a person whose video never opens
+PRESSED_OPEN = 0.004  # the inner-lip gap of lips pressed together for P/B/M
 REST_SLACK = 0.012  # a base frame this close to the rest gap counts as at rest
 UPPER_SHARE = 0.3  # of an opening, how much the upper lip rises (the jaw does the rest)
 SWITCH_PENALTY = 0.12  # cost of jumping to a non-adjacent source frame, in units of the open range
@@ -69,8 +71,10 @@ class MouthProfile:
     rest_open: float  # this person's mouth at rest
     max_open: float  # the widest plausible opening for this person
     talking: bool  # the video itself shows open mouths worth reusing
-    candidates: np.ndarray  # frame indices usable as mouth sources (face seen, not mid-blur)
+    candidates: np.ndarray  # frame indices usable as mouth sources (the tracker saw the face there)
     region_pts: np.ndarray  # (N, 468, 2) float32 landmarks in each frame's region pixels
+    rest_width: float  # median mouth width / eye distance
+    width_span: float  # range of the mouth width over the video (at least a small floor)
 
     @classmethod
     def of(cls, model: Model) -> "MouthProfile":
@@ -87,8 +91,9 @@ class MouthProfile:
         if len(candidates) == 0:
             candidates = np.arange(model.n_frames)
         region_pts = np.stack([model.region_points(i) for i in range(model.n_frames)]).astype(np.float32)
-        return cls(open_, model.mouth_width.astype(np.float64), pose, rest, max_open, talking, candidates,
-                   region_pts)
+        width = model.mouth_width.astype(np.float64)
+        return cls(open_, width, pose, rest, max_open, talking, candidates, region_pts,
+                   float(np.median(width)), max(float(np.ptp(width)), 1e-3))
 
 
 class OwnMouthGenerator:
@@ -97,15 +102,15 @@ class OwnMouthGenerator:
     name = "own"
 
     def __init__(self) -> None:
-        self._profiles: dict[int, MouthProfile] = {}
+        # keyed by the model object itself: a model the store drops takes its profile with it
+        self._profiles: weakref.WeakKeyDictionary[Model, MouthProfile] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def profile(self, model: Model) -> MouthProfile:
         with self._lock:
-            key = id(model)
-            if key not in self._profiles:
-                self._profiles[key] = MouthProfile.of(model)
-            return self._profiles[key]
+            if model not in self._profiles:
+                self._profiles[model] = MouthProfile.of(model)
+            return self._profiles[model]
 
     def open_stream(self, model: Model) -> "OwnMouthStream":
         return OwnMouthStream(model, self.profile(model))
@@ -121,8 +126,10 @@ class OwnMouthStream:
     def target_open(self, params: MouthParams) -> float:
         """The wanted inner-lip gap (over eye distance) for these parameters."""
         p = self.p
-        if params.closed or not params.speech:
-            return p.rest_open if not params.closed else min(p.rest_open, 0.004)
+        if params.closed:
+            return min(p.rest_open, PRESSED_OPEN)
+        if not params.speech:
+            return p.rest_open
         return p.rest_open + params.open * (p.max_open - p.rest_open)
 
     def choose_source(self, base: int, target: float, target_width: float) -> int:
@@ -140,7 +147,7 @@ class OwnMouthStream:
                     return int(cand)
         c = p.candidates
         cost = (np.abs(p.open[c] - target) / span
-                + 0.5 * np.abs(p.width[c] - target_width) / max(float(np.ptp(p.width)), 1e-3)
+                + 0.5 * np.abs(p.width[c] - target_width) / p.width_span
                 + POSE_WEIGHT * np.abs(p.pose[c] - p.pose[base]).sum(axis=1))
         if prev is not None:
             cost = cost + SWITCH_PENALTY * (np.abs(c - prev) > 1)
@@ -156,8 +163,7 @@ class OwnMouthStream:
             self.prev_source = None
             return MouthImage(base_img, bounds)
         target = self.target_open(params)
-        rest_w = float(np.median(p.width))
-        target_w = rest_w * (1 + 0.10 * params.wide - 0.16 * params.round)
+        target_w = p.rest_width * (1 + 0.10 * params.wide - 0.16 * params.round)
         s = self.choose_source(b, target, target_w)
         self.prev_source = s
         base_pts = p.region_pts[b]

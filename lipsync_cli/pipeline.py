@@ -19,12 +19,12 @@ import numpy as np
 
 from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio, resample
 from lipsync_cli.compositor import composite, decode_region
-from lipsync_cli.errors import AudioError, OutputError, ServiceError
+from lipsync_cli.errors import AudioError, ServiceError
 from lipsync_cli.models import default_model
 from lipsync_cli.progress import ProgressFn, report
 from lipsync_cli.store import Model, ModelStore
 from lipsync_cli.timing import first_sample_of_frame, frame_count
-from lipsync_cli.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, aac_rate_for
+from lipsync_cli.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, aac_rate_for, check_output_path
 
 
 COMPOSE_AHEAD_FRAMES = 4  # frames decoded and composited ahead of the encoder
@@ -56,16 +56,6 @@ class RenderSummary:
     def speed_x(self) -> float:
         """Render speed as a multiple of real time."""
         return self.duration_s / self.seconds if self.seconds > 0 else float("inf")
-
-
-def _check_output(path: Path) -> None:
-    if path.exists() and path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name ending in .mp4")
-    if path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
-        raise OutputError(f"{path}: the output must be an .mp4 file")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{path}: the folder {parent} does not exist")
 
 
 @contextlib.contextmanager
@@ -111,21 +101,18 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
 
     progress = report(progress)
     output = Path(output)
-    _check_output(output)
+    check_output_path(output)
     clip = load_audio(audio_path)
     video = store.resolve(options.model) if options.model else default_model(models_dir=store.models_dir)
     model = store.get(video)
     name = store.register(video)
-    n_frames = frame_count(len(clip.samples), fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
-    if n_frames < 2:
+    if len(clip.samples) < first_sample_of_frame(1, fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ):
         raise AudioError(f"{audio_path}: the audio is shorter than one video frame ({1 / float(model.fps):.3f} s)")
+    n_frames = frame_count(len(clip.samples), fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
     t0 = time.perf_counter()
     fallbacks = speech = written = 0
     orig_rate = aac_rate_for(clip.original_rate_hz)
-    original = clip.original
-    if orig_rate != clip.original_rate_hz:
-        original = np.stack([resample(original[:, c], from_rate_hz=clip.original_rate_hz, to_rate_hz=orig_rate)
-                             for c in range(original.shape[1])], axis=1)
+    original = resample(clip.original, from_rate_hz=clip.original_rate_hz, to_rate_hz=orig_rate)
     with _service_target(options, store) as target:
         client = LipSyncClient(target)
         try:
@@ -149,9 +136,9 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
                     raise ServiceError(f"the service sent {written} frames where {n_frames} were due")
                 tail = first_sample_of_frame(written, fps=model.fps, sample_rate_hz=orig_rate)
                 writer.write_audio(original[tail:])
+                width, height = writer.width, writer.height
         finally:
             client.close()
     return RenderSummary(output=output, model=model.name, frames=written,
                          duration_s=len(clip.samples) / SAMPLE_RATE_HZ, seconds=time.perf_counter() - t0,
-                         fallbacks=fallbacks, speech_frames=speech, width=model.width - model.width % 2,
-                         height=model.height - model.height % 2)
+                         fallbacks=fallbacks, speech_frames=speech, width=width, height=height)

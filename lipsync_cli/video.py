@@ -104,6 +104,20 @@ def _audio_layout(channels: int) -> str:
     return "mono" if channels == 1 else "stereo"
 
 
+OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, with one line, an output path an MP4 cannot be written to (before any work is done)."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name ending in .mp4")
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise OutputError(f"{path}: the output must be an .mp4 file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: the folder {parent} does not exist")
+
+
 class Mp4Writer:
     """Write BGR frames and float audio to an H.264 (yuv420p) + AAC MP4, moov atom first.
 
@@ -117,11 +131,8 @@ class Mp4Writer:
         import av
 
         self.path = Path(path)
+        check_output_path(self.path)
         parent = self.path.parent if str(self.path.parent) else Path(".")
-        if not parent.is_dir():
-            raise OutputError(f"{self.path}: the folder {parent} does not exist")
-        if self.path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
-            raise OutputError(f"{self.path}: the output must be an .mp4 file")
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=parent)
         except OSError as exc:

@@ -152,7 +152,7 @@ def test_two_prepares_at_once_leave_one_good_cache(tmp_path):
     ctx = mp.get_context("spawn")
     with ctx.Pool(2) as pool:
         statuses = pool.map(_prepare_in_child, [(SAMPLE_VIDEO, tmp_path)] * 2)
-    assert sorted(statuses) == ["rebuilt", "rebuilt"] or set(statuses) <= {"built", "rebuilt"}
+    assert statuses == ["rebuilt", "rebuilt"]  # --force: both really built, racing for the same file
     assert [p.name for p in tmp_path.iterdir()] == [cache_path(SAMPLE_VIDEO, tmp_path).name]
     assert prepare_model(SAMPLE_VIDEO, cache_dir=tmp_path).status == "fresh"
 
