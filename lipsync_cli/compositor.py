@@ -53,6 +53,16 @@ def decode_region(jpeg: bytes) -> np.ndarray | None:
     return img
 
 
+def paste_reply(frame: np.ndarray, prediction_data: bytes, bounds, *, reference: np.ndarray | None = None) -> bool:
+    """Decode a service reply's mouth image and composite it into `frame` in place.
+
+    Returns False, with the frame untouched, when the image or its bounds are unusable (the caller
+    counts it as a fallback frame).
+    """
+    region = decode_region(prediction_data)
+    return region is not None and composite(frame, region, bounds, reference=reference)
+
+
 def valid_bounds(bounds, width: int, height: int) -> bool:
     """True for a finite [xmin, ymin, xmax, ymax] box of positive size that overlaps the frame."""
     b = np.asarray(bounds, np.float64)

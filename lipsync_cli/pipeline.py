@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio, resample
-from lipsync_cli.compositor import composite, decode_region
+from lipsync_cli.compositor import paste_reply
 from lipsync_cli.errors import AudioError, ServiceError
 from lipsync_cli.models import default_model
 from lipsync_cli.progress import ProgressFn, report
@@ -75,8 +75,7 @@ def _compose(model: Model, reply) -> tuple[np.ndarray, bool]:
     """The full model frame a reply names, with its mouth region pasted (untouched if the region is unusable)."""
     index = reply.model_frame % model.n_frames
     frame = model.frame(index)
-    region = decode_region(reply.prediction_data)
-    return frame, region is not None and composite(frame, region, list(reply.bounds), reference=model.region(index))
+    return frame, paste_reply(frame, reply.prediction_data, list(reply.bounds), reference=model.region(index))
 
 
 def _composed(model: Model, replies: Iterator) -> Iterator[tuple[object, np.ndarray, bool]]:
