@@ -32,11 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio  # noqa: E402
+from common import SHARED_DATA  # noqa: E402
+from lipsync_cli.audio import SAMPLE_RATE_HZ, float_to_pcm16, load_audio  # noqa: E402
 from lipsync_cli.driver import MouthDriver, drive  # noqa: E402
 from lipsync_cli.timing import first_sample_of_frame  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RECORDINGS = ("speech_16k_mono_20s.wav", "speech_44k_stereo_7s.wav", "speech_48k_stereo_8s.wav")
 # the open vowels of the ARPAbet set pocketsphinx uses (jaw low or mid-low)
 OPEN_VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH"})
@@ -60,7 +60,7 @@ def recognise_phones(samples: np.ndarray) -> list[Phone]:
 
     decoder = Decoder(allphone=get_model_path("en-us/en-us-phone.lm.bin"), lm=None, lw=2.0, pip=0.3,
                       beam=1e-200, pbeam=1e-20, samprate=SAMPLE_RATE_HZ, logfn="/dev/null")
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    pcm, _ = float_to_pcm16(samples)
     decoder.start_utt()
     decoder.process_raw(pcm, full_utt=True)
     decoder.end_utt()

@@ -34,7 +34,7 @@ from fractions import Fraction
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ
+from lipsync_cli.audio import SAMPLE_RATE_HZ, check_samples
 from lipsync_cli.errors import AudioError
 from lipsync_cli.timing import first_sample_of_frame, frame_count
 
@@ -328,8 +328,7 @@ class MouthDriver:
         samples = np.asarray(samples)
         if samples.ndim != 1:
             raise AudioError(f"the mouth driver takes mono (n,) samples, got shape {samples.shape}")
-        if samples.size and not np.isfinite(samples).all():
-            raise AudioError("audio pushed to the mouth driver holds NaN or infinite samples")
+        check_samples(samples, what="audio pushed to the mouth driver")
         self.samples_in += len(samples)
         return self._feed(samples, frame_count(self.samples_in, fps=self.fps, sample_rate_hz=self.sample_rate_hz))
 

@@ -18,10 +18,12 @@ from typing import Protocol
 
 import numpy as np
 
+from lipsync_cli.audio import SAMPLE_RATE_HZ
 from lipsync_cli.driver import MouthParams
 from lipsync_cli.store import Model
 
 AUDIO_WINDOW_MS = 200  # audio around each frame handed to generators that want it (the ONNX one)
+AUDIO_WINDOW_SAMPLES = SAMPLE_RATE_HZ * AUDIO_WINDOW_MS // 1000  # 3200 samples at 16 kHz
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class GeneratorStream(Protocol):
     def render(self, *, model_frame: int, params: MouthParams, audio: np.ndarray) -> MouthImage:
         """The mouth region for `model_frame` showing `params`.
 
-        audio: (AUDIO_WINDOW_MS at 16 kHz,) float32 mono centred on the frame (zeros where none).
+        audio: (AUDIO_WINDOW_SAMPLES,) float32 mono at 16 kHz centred on the frame (zeros where none).
         """
 
 

@@ -35,7 +35,7 @@ from lipsync_cli.audio import SAMPLE_RATE_HZ
 from lipsync_cli.cache import REGION_PX, crop_region
 from lipsync_cli.driver import MouthParams
 from lipsync_cli.errors import GeneratorError
-from lipsync_cli.generator import AUDIO_WINDOW_MS, MouthImage
+from lipsync_cli.generator import AUDIO_WINDOW_SAMPLES, MouthImage
 from lipsync_cli.mouth import lower_face_mask
 from lipsync_cli.store import Model
 
@@ -44,8 +44,7 @@ MEL_BANDS = 80
 MEL_FRAME_RATE_HZ = 80  # one mel frame per 12.5 ms
 HOP_SAMPLES = SAMPLE_RATE_HZ // MEL_FRAME_RATE_HZ  # 200
 N_FFT_SAMPLES = 4 * HOP_SAMPLES  # 800 = 50 ms, also the Hann window length
-WINDOW_SAMPLES = SAMPLE_RATE_HZ * AUDIO_WINDOW_MS // 1000  # 3200, what the service hands each frame
-MEL_FRAMES = WINDOW_SAMPLES // HOP_SAMPLES  # 16
+MEL_FRAMES = AUDIO_WINDOW_SAMPLES // HOP_SAMPLES  # 16
 MEL_MIN_HZ = 55.0
 MEL_MAX_HZ = 7600.0
 PREEMPHASIS = 0.97  # y[n] = x[n] - 0.97 x[n-1], lifts the consonant bands
@@ -96,14 +95,14 @@ def mel_filterbank() -> np.ndarray:
 def log_mel_window(audio: np.ndarray) -> np.ndarray:
     """The network's `audio` features for one frame: (MEL_BANDS, MEL_FRAMES) float32 in [-4, 4].
 
-    audio: (WINDOW_SAMPLES,) float32 mono at 16 kHz, centred on the frame. Mel frame k is the
+    audio: (AUDIO_WINDOW_SAMPLES,) float32 mono at 16 kHz, centred on the frame. Mel frame k is the
     50 ms Hann-windowed spectrum centred on the middle of the window's k-th 12.5 ms hop (zeros
     beyond the window's ends), after pre-emphasis; magnitudes go through the mel filters, to dB
     with a floor, and onto [-4, 4].
     """
     audio = np.asarray(audio, dtype=np.float64)
-    if audio.shape != (WINDOW_SAMPLES,):
-        raise ValueError(f"the audio window must be ({WINDOW_SAMPLES},) samples, got {audio.shape}")
+    if audio.shape != (AUDIO_WINDOW_SAMPLES,):
+        raise ValueError(f"the audio window must be ({AUDIO_WINDOW_SAMPLES},) samples, got {audio.shape}")
     emphasised = lfilter([1.0, -PREEMPHASIS], [1.0], audio)
     pad = (N_FFT_SAMPLES - HOP_SAMPLES) // 2  # centres each analysis frame on its hop's middle
     padded = np.pad(emphasised, pad)
@@ -123,15 +122,6 @@ def face_square(face_bounds: np.ndarray) -> np.ndarray:
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half = (1 + FACE_MARGIN) * max(x1 - x0, y1 - y0) / 2
     return np.array([cx - half, cy - half, cx + half, cy + half])
-
-
-def cut_square(frame: np.ndarray, square: np.ndarray, side_px: int) -> np.ndarray:
-    """The `square` of a BGR frame as (side_px, side_px, 3) uint8."""
-    native_px = int(round(square[2] - square[0]))
-    if native_px <= side_px:
-        return crop_region(frame, square, side_px)
-    # warpAffine samples without averaging, so shrink in two steps: cut at about 1:1, then area-average
-    return cv2.resize(crop_region(frame, square, native_px), (side_px, side_px), interpolation=cv2.INTER_AREA)
 
 
 def _shape_text(shape) -> str:
@@ -187,7 +177,7 @@ class OnnxGenerator:
             raise self._fail(f"metadata {COLOUR_ORDER_KEY}={colour_order!r}; use 'rgb' or 'bgr'")
         self.bgr = colour_order == "bgr"
         # a trial run catches what declared shapes cannot show (dynamic dims, a wrong output size)
-        self.network(np.full((self.side_px, self.side_px, 3), 128, np.uint8), np.zeros(WINDOW_SAMPLES, np.float32))
+        self.network(np.full((self.side_px, self.side_px, 3), 128, np.uint8), np.zeros(AUDIO_WINDOW_SAMPLES, np.float32))
 
     def _fail(self, what: str) -> GeneratorError:
         return GeneratorError(f"{self.path}: {what} ({CONTRACT})")
@@ -226,7 +216,7 @@ class OnnxGenerator:
     def network(self, face_bgr: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """One run of the network: (S, S, 3) uint8 BGR face square -> (S, S, 3) uint8 BGR with the mouth.
 
-        audio: (WINDOW_SAMPLES,) float32 mono at 16 kHz centred on the frame.
+        audio: (AUDIO_WINDOW_SAMPLES,) float32 mono at 16 kHz centred on the frame.
         """
         img = face_bgr if self.bgr else cv2.cvtColor(face_bgr, cv2.COLOR_BGR2RGB)
         face = img.astype(np.float32).transpose(2, 0, 1) / 255.0
@@ -266,7 +256,9 @@ class OnnxStream:
         if not params.speech:
             return MouthImage(region, bounds)
         square = face_square(model.face_bounds[i])
-        face = self.generator.network(cut_square(model.frame(i), square, side_px), audio)
+        # the network's input is small: decode the frame at a reduced size when it keeps enough pixels
+        reduce = next(r for r in (8, 4, 2, 1) if r == 1 or (square[2] - square[0]) / r >= side_px)
+        face = self.generator.network(crop_region(model.frame(i, reduce=reduce), square / reduce, side_px), audio)
         # region pixel -> full-frame pixel -> face-square pixel (crop_region's convention on both sides)
         to_frame = (bounds[2:] - bounds[:2]) / REGION_PX
         to_face = side_px / (square[2:] - square[:2])
