@@ -24,15 +24,16 @@ from pathlib import Path
 import cv2  # noqa: F401  (cv2 before av, as everywhere a window may open)
 import numpy as np
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_DIR / "tests"))
+from common import REPO, SAMPLE_VIDEO
+
+sys.path.insert(0, str(REPO / "tests"))
 
 from fake_realtime import FakeRealtime  # noqa: E402
+from live_support import inner_mouth_diff  # noqa: E402
 from lipsync_cli.agent import REALTIME_RATE_HZ, AgentOptions  # noqa: E402
 from lipsync_cli.audio import load_audio, resample, to_mono  # noqa: E402
 from lipsync_cli.live import LiveOptions, run_live  # noqa: E402
 from lipsync_cli.store import ModelStore  # noqa: E402
-from lipsync_cli.timing import ping_pong  # noqa: E402
 
 OPEN_MOUTH_DIFF = 6.0  # mean abs difference of the inner mouth from the model's own that counts as open
 TURN_GAP_S = 4.0  # silence after each question: the answer plays meanwhile
@@ -46,7 +47,7 @@ def _speech(path: Path, text: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(REPO_DIR / "samples" / "avatar.mp4"))
+    parser.add_argument("--model", default=str(SAMPLE_VIDEO))
     parser.add_argument("--turns", type=int, default=3)
     args = parser.parse_args()
 
@@ -66,19 +67,15 @@ def main() -> None:
         lock = threading.Lock()
 
         def on_frame(frame, slot, from_service):
-            j = ping_pong(slot, model.n_frames)
-            x0, y0, x1, y1 = model.mouth_bounds[j].astype(int)
-            inner = (slice(y0 + (y1 - y0) // 4, y1 - (y1 - y0) // 3), slice(x0 + (x1 - x0) // 4, x1 - (x1 - x0) // 4))
-            diff = np.abs(frame[inner].astype(np.int16) - model.frame(j)[inner].astype(np.int16)).mean()
-            if diff > OPEN_MOUTH_DIFF:
+            if inner_mouth_diff(frame, model, slot) > OPEN_MOUTH_DIFF:
                 with lock:
                     opened.append(time.monotonic())
 
         with FakeRealtime(answer, answer_text="It is sunny and warm today.") as fake:
-            os.environ["OPENAI_API_KEY"] = os.environ.get("OPENAI_API_KEY") or "sk-bench"
-            os.environ["OPENAI_BASE_URL"] = fake.base_url
+            os.environ["OPENAI_API_KEY"] = os.environ.get("OPENAI_API_KEY") or "sk-bench"  # check_agent wants one
             print(f"{args.turns} turns against the fake Realtime server at {fake.base_url} ...")
-            run_live(LiveOptions(model=args.model, input=user_wav, window=False, agent=AgentOptions(),
+            run_live(LiveOptions(model=args.model, input=user_wav, window=False,
+                                 agent=AgentOptions(base_url=fake.base_url),
                                  duration_s=len(user) / REALTIME_RATE_HZ + 1.0), store=store, on_frame=on_frame)
             firsts = [t for _, t, kind in fake.sent if kind == "response.output_audio.delta"]
             starts = [t for k, t in enumerate(firsts) if k == 0 or t - firsts[k - 1] > 1.0]

@@ -22,19 +22,16 @@ from pathlib import Path
 import cv2  # noqa: F401  (cv2 before av, as everywhere a window may open)
 import numpy as np
 
+from common import SAMPLE_VIDEO, SPEECH_20S, need
 from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio
 from lipsync_cli.live import LiveOptions, run_live
 from lipsync_cli.store import ModelStore
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_AUDIO = REPO_DIR.parent / "shared" / "data" / "speech_16k_mono_20s.wav"
-FALLBACK_AUDIO = REPO_DIR / "samples" / "speech.wav"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(REPO_DIR / "samples" / "avatar.mp4"))
-    parser.add_argument("--audio", type=Path, default=DEFAULT_AUDIO if DEFAULT_AUDIO.exists() else FALLBACK_AUDIO)
+    parser.add_argument("--model", default=str(SAMPLE_VIDEO))
+    parser.add_argument("--audio", type=Path, default=SPEECH_20S)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
 
@@ -42,7 +39,7 @@ def main() -> None:
 
     store = ModelStore()
     store.get(store.resolve(args.model))  # prepared before the clock starts
-    speech = load_audio(args.audio).samples
+    speech = load_audio(need(args.audio)).samples
     looped = np.tile(speech, int(np.ceil(args.seconds * SAMPLE_RATE_HZ / len(speech))))
     looped = looped[: int(args.seconds * SAMPLE_RATE_HZ)]
     messages: list[str] = []
@@ -60,7 +57,7 @@ def main() -> None:
           f"   (goal p95 < 60 ms)")
     print(f"capture -> frame shown:  p50 {summary.latency_p50_ms:6.1f} ms   p95 {summary.latency_p95_ms:6.1f} ms")
     print(f"frames shown {summary.frames_shown}, dropped {summary.frames_dropped} (goal 0), "
-          f"idle {summary.idle_frames}, over {wall_s:.1f} s")
+          f"idle {summary.idle_frames}, fallbacks {summary.fallbacks}, over {wall_s:.1f} s")
     print(f"first frame after start: {summary.first_frame_s:.2f} s (goal < 1.5 s)")
 
 

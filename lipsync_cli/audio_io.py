@@ -2,8 +2,9 @@
 speakers, and the list of devices.
 
 Audio callbacks only move data: each one hands a block to (or takes one from) a bounded queue with
-`put_nowait`/`get_nowait`, never waits and never does I/O. When a queue over- or under-runs, the
-callback only counts it; the reading side reports it, with what to change.
+`put_nowait`/`get_nowait`, never waits and never does I/O. When the microphone's queue overruns, the
+callback only counts it; the reading side reports it, with what to change. The speakers play
+silence when their queue runs dry, and a full queue drops the block.
 
 Every block is mono float32 in [-1, 1]; `captured_at_s` is `time.monotonic()` when a block's last
 sample was captured (or, for a file, when it would have been).
@@ -11,6 +12,7 @@ sample was captured (or, for a file, when it would have been).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -20,14 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipsync_cli.errors import DeviceError
-from lipsync_cli.video import AAC_RATES_HZ
+from lipsync_cli.video import aac_rate_for
 
 log = logging.getLogger(__name__)
 
 CHUNK_MS = 20  # one audio block: short enough for low latency, long enough for Python's scheduling
 QUEUE_BLOCKS = 50  # a queue holds 1 s of blocks before it overruns
 SPEAKER_QUEUE_BLOCKS = 10  # at most 200 ms of sound waits for the speakers (barge-in stops it at once)
-FALLBACK_RATE_HZ = 48_000  # for a device whose default rate an MP4 cannot carry
 LATE_TICKS_RESYNC = 5  # a paced source this many blocks behind (the machine stalled) restarts its clock
 
 MessageFn = Callable[[str], None]
@@ -98,7 +99,7 @@ class MicSource:
         sd = _sounddevice()
         info = _input_device(device)
         self.name = info.name
-        self.rate_hz = info.default_rate_hz if info.default_rate_hz in AAC_RATES_HZ else FALLBACK_RATE_HZ
+        self.rate_hz = aac_rate_for(info.default_rate_hz)
         self.overruns = 0  # blocks the reader did not take in time (dropped)
         self._blocks: queue.Queue = queue.Queue(maxsize=QUEUE_BLOCKS)
         try:
@@ -167,10 +168,6 @@ class PacedFile:
         self.position = 0  # samples released so far (past the end: silence)
         self._ticker = Ticker(chunk_samples(rate_hz) / rate_hz)
 
-    @property
-    def finished(self) -> bool:
-        return self.position >= len(self.samples)
-
     def read(self, timeout_s: float) -> tuple[np.ndarray, float] | None:
         """The next block when its time has come, or None when it is more than timeout_s away."""
         tick = self._ticker.wait(timeout_s)
@@ -211,8 +208,6 @@ class Speaker:
     def __init__(self, rate_hz: int, *, on_message: MessageFn, delay_ms: int = 0):
         self.rate_hz = rate_hz
         self.latency_s = 0.0  # what the device adds after our queue
-        self.underruns = 0  # device callbacks that found nothing to play
-        self.dropped = 0  # blocks refused because the queue was full
         n = chunk_samples(rate_hz)
         self._blocks: queue.Queue = queue.Queue(maxsize=SPEAKER_QUEUE_BLOCKS)
         for _ in range(min(SPEAKER_QUEUE_BLOCKS // 2, delay_ms // CHUNK_MS)):
@@ -223,10 +218,6 @@ class Speaker:
             self.latency_s = float(self._stream.latency)
         except DeviceError as exc:
             on_message(f"no sound output ({exc}): carrying on without sound")
-
-    @property
-    def available(self) -> bool:
-        return self._stream is not None
 
     @property
     def delay_s(self) -> float:
@@ -240,20 +231,16 @@ class Speaker:
             block = self._blocks.get_nowait()
         except queue.Empty:
             outdata.fill(0)
-            self.underruns += 1
             return
         m = min(frames, len(block))
         outdata[:m, 0] = block[:m]
         outdata[m:, 0] = 0
 
     def play(self, block: np.ndarray) -> None:
-        """Queue one block (never waits; a full queue drops it and counts it)."""
-        if self._stream is None:
-            return
-        try:
-            self._blocks.put_nowait(block)
-        except queue.Full:
-            self.dropped += 1
+        """Queue one block (never waits; a full queue drops it)."""
+        if self._stream is not None:
+            with contextlib.suppress(queue.Full):
+                self._blocks.put_nowait(block)
 
     def flush(self) -> int:
         """Drop everything queued and not yet played; returns how many samples were dropped."""

@@ -12,7 +12,7 @@ Threads, with bounded queues between them:
   each reply is tagged with its slot;
 - main: the frame scheduler. It shows each reply when its sound plays (at once when late), the
   avatar's own frame when the service has nothing (away, or an answer was cut off), composites
-  with `compositor.composite`, draws the window and writes `--record`.
+  with `compositor.paste_reply`, draws the window and writes `--record`.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pathlib import Path
 import cv2  # noqa: F401  (cv2 before av: a window may open in this process)
 import numpy as np
 
-from lipsync_cli.agent import AgentOptions, TranscriptFn
+from lipsync_cli.agent import READ_TIMEOUT_S, AgentOptions, TranscriptFn
 from lipsync_cli.audio_io import MessageFn, MicSource, PacedFile, Speaker
-from lipsync_cli.compositor import composite, decode_region
+from lipsync_cli.compositor import paste_reply
 from lipsync_cli.errors import AudioError, DeviceError, LipsyncError, ModelNotFoundError, ServiceError
 from lipsync_cli.store import Model, ModelStore
-from lipsync_cli.timing import first_sample_of_frame, frame_of_sample, ping_pong
+from lipsync_cli.timing import first_sample_of_frame, frame_count, frame_of_sample, ping_pong
 from lipsync_cli.window import LiveWindow, Overlay, check_display
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ STREAM_QUEUE_BLOCKS = 100  # 2 s of audio waiting for the service before the str
 FRAME_QUEUE_FRAMES = 100
 FILE_TAIL_S = 0.5  # with --input and no --duration: stop this long after the file ends (the mouth closes)
 WAIT_S = 0.005  # the scheduler's poll step
-READ_TIMEOUT_S = 0.1
 SOURCE_SILENT_S = 3.0  # a microphone that delivers nothing for this long has failed
 FPS_WINDOW_S = 1.0
 LATENCY_WINDOW_FRAMES = 25  # the window's latency is the median of this many recent frames
@@ -73,8 +72,9 @@ class LiveOptions:
 @dataclass(frozen=True)
 class LiveSummary:
     frames_shown: int  # frames put on screen (or handed to on_frame), idle ones included
-    frames_dropped: int  # replies from the service that came too late to be shown
+    frames_dropped: int  # replies from the service that came too late to be shown (or found the queue full)
     idle_frames: int  # frames of the avatar's own video shown because the service had none
+    fallbacks: int  # replies shown as the avatar's own frame because their mouth image or bounds were unusable
     # audio captured (agent: an answer's audio arrived) -> its frame shown, over frames from the service;
     # with speakers this includes waiting for the frame's sound to be heard
     latency_p50_ms: float | None
@@ -101,10 +101,11 @@ class _LipStream:
         self.last_reply_s = 0.0
         self.status = "connecting to the lip-sync service"
         self.reconnects = 0
+        self.lost = 0  # replies dropped because the scheduler's queue was full
         self.error: LipsyncError | None = None  # a failure reconnecting cannot cure (unknown model)
         self._say = on_message
         self._lock = threading.Lock()
-        self._fed = 0  # samples of the timeline fed so far
+        self.fed = 0  # samples of the timeline fed so far
         self._blocks: queue.Queue | None = None  # the running call's input, None while there is none
         self._start_sample = 0
         self._call_done = threading.Event()
@@ -122,7 +123,7 @@ class _LipStream:
     def feed(self, block: np.ndarray, captured_at_s: float) -> None:
         """The next samples of the timeline (never waits: a call that cannot keep up is restarted)."""
         with self._lock:
-            start, self._fed = self._fed, self._fed + len(block)
+            start, self.fed = self.fed, self.fed + len(block)
             if self._blocks is None or start + len(block) <= self._start_sample:
                 return
             try:
@@ -144,15 +145,14 @@ class _LipStream:
         was_streaming = waiting_said = False
         while not self._stop.is_set():
             with self._lock:
-                first = frame_of_sample(self._fed, fps=self.fps, sample_rate_hz=self.rate_hz)
-                if first_sample_of_frame(first, fps=self.fps, sample_rate_hz=self.rate_hz) < self._fed:
-                    first += 1
+                first = frame_count(self.fed, fps=self.fps, sample_rate_hz=self.rate_hz)  # the next frame boundary
                 self._start_sample = first_sample_of_frame(first, fps=self.fps, sample_rate_hz=self.rate_hz)
                 blocks = self._blocks = queue.Queue(maxsize=STREAM_QUEUE_BLOCKS)
                 done = self._call_done = threading.Event()
-            client = LipSyncClient(self.target)
+            client = None
             problem = "the stream stopped"
             try:
+                client = LipSyncClient(self.target)
                 for reply in client.stream_audio(self.model_name, self._chunks(blocks, done), self.rate_hz, 1,
                                                  first_frame=first):
                     self.last_reply_s = time.monotonic()
@@ -161,8 +161,10 @@ class _LipStream:
                         if was_streaming:
                             self._say("the lip-sync service is back")
                         was_streaming = True
-                    with contextlib.suppress(queue.Full):  # the scheduler counts what never reaches it
+                    try:
                         self.frames.put_nowait((first + reply.index, reply, self.last_reply_s))
+                    except queue.Full:
+                        self.lost += 1
             except (ModelNotFoundError, AudioError) as exc:
                 self.error = exc
                 return
@@ -173,7 +175,8 @@ class _LipStream:
                 with self._lock:
                     if self._blocks is blocks:
                         self._blocks = None
-                client.close()
+                if client is not None:
+                    client.close()
             if self._stop.is_set():
                 return
             if self.streaming:
@@ -192,11 +195,15 @@ class _Timeline:
 
     def __init__(self, rate_hz: int, lip: _LipStream, speaker: Speaker | None, record: bool):
         self.rate_hz, self.lip, self.speaker = rate_hz, lip, speaker
-        self.fed = 0  # samples handed to the service
         self.played = 0  # samples played (or captured, for the microphone)
         self.cuts: list[tuple[int, int]] = []  # sample ranges fed but never played (interrupted answers)
         self.recorded: queue.SimpleQueue | None = queue.SimpleQueue() if record else None
         self._lock = threading.Lock()
+
+    @property
+    def fed(self) -> int:
+        """Samples handed to the service (the stream keeps the count)."""
+        return self.lip.fed
 
     def play(self, block: np.ndarray, captured_at_s: float) -> None:
         """The next block of sound; what of it the service has not had yet goes to it now."""
@@ -217,7 +224,6 @@ class _Timeline:
     def _feed(self, samples: np.ndarray, captured_at_s: float) -> None:
         if len(samples):
             self.lip.feed(samples, captured_at_s)
-            self.fed += len(samples)
 
     def interrupt(self, stop_answer: Callable[[], tuple[str | None, int]]) -> tuple[str | None, int]:
         """Silence the answer playing now: (its item, milliseconds of it played) or (None, 0)."""
@@ -285,7 +291,7 @@ class _Scheduler:
         self.caption, self.status, self.started_s = caption, status, started_s
         self.rate_hz, self.fps = timeline.rate_hz, model.fps
         self.next_slot = 0
-        self.pending: dict[int, tuple[object | None, float]] = {}  # slot -> (reply or None for idle, arrived)
+        self.pending: dict[int, object | None] = {}  # slot -> its reply, or None for the idle frame
         self.shown = self.dropped = self.idle = self.fallbacks = 0
         self.latencies_ms: list[float] = []  # captured -> shown
         self.ready_ms: list[float] = []  # captured -> reply arrived
@@ -301,7 +307,8 @@ class _Scheduler:
         """Wait a moment for replies and show at most one frame; False once the user asked to quit."""
         got = []
         try:
-            backlog = any(s <= self._slot_of(self.timeline.heard_sample()) for s in self.pending)
+            heard_slot = self._slot_of(self.timeline.heard_sample())
+            backlog = any(s <= heard_slot for s in self.pending)
             got.append(self.lip.frames.get_nowait() if backlog else self.lip.frames.get(timeout=WAIT_S))
             while True:
                 got.append(self.lip.frames.get_nowait())
@@ -312,8 +319,8 @@ class _Scheduler:
                 self.ready_ms.append(1000 * (arrived - reply.captured_at_s))
             start = first_sample_of_frame(slot, fps=self.fps, sample_rate_hz=self.rate_hz)
             # the sound of a cut-off answer never plays: its mouths must not show either
-            self.pending[slot] = (None if self.timeline.is_cut(start) else reply, arrived)
-        heard_slot = self._slot_of(self.timeline.heard_sample())
+            self.pending[slot] = None if self.timeline.is_cut(start) else reply
+        heard_slot = self._slot_of(self.timeline.heard_sample())  # again: the wait above let the sound move on
         # a small backlog is shown oldest first, to catch up; past that, and behind what was shown, dropped
         due = sorted(s for s in self.pending if s <= heard_slot)
         stale = set(due[:-MAX_BACKLOG_FRAMES]) | {s for s in due if s < self.next_slot}
@@ -322,7 +329,7 @@ class _Scheduler:
         self.dropped += len(stale)
         due = [s for s in due if s not in stale]
         if due:
-            return self._show(due[0], self.pending.pop(due[0])[0])
+            return self._show(due[0], self.pending.pop(due[0]))
         idle_slot = heard_slot - IDLE_LAG_FRAMES
         quiet = not self.lip.streaming or time.monotonic() - self.lip.last_reply_s > STALL_S
         if quiet and idle_slot >= self.next_slot and idle_slot not in self.pending:
@@ -337,8 +344,7 @@ class _Scheduler:
             self.idle += 1
             self._speech = False
         else:
-            region = decode_region(reply.prediction_data)
-            if region is None or not composite(frame, region, list(reply.bounds), reference=self.model.region(index)):
+            if not paste_reply(frame, reply.prediction_data, list(reply.bounds), reference=self.model.region(index)):
                 self.fallbacks += 1
             self._speech = reply.speech
             if reply.captured_at_s:
@@ -412,11 +418,14 @@ def _pump(source, timeline: _Timeline, stop: threading.Event, failures: list[Exc
 
 
 def check_live(options: LiveOptions) -> None:
-    """Fail at once, with one line, where the session could not run: no display, no agent key."""
+    """Fail at once, with one line, where the session could not run: no display, a bad --server, no agent key."""
     from lipsync_cli.agent import check_agent
+    from lipsync_cli.client import channel_target
 
     if options.window:
         check_display()
+    if options.server is not None:
+        channel_target(options.server)
     if options.agent is not None:
         check_agent(options.agent)
 
@@ -503,7 +512,8 @@ def run_live(options: LiveOptions, *, store: ModelStore, on_message: MessageFn |
     overruns = getattr(source, "overruns", 0) + getattr(user_audio, "overruns", 0)
     if overruns:
         say(f"{overruns} blocks of microphone audio were dropped: the machine was too busy to read them")
-    return LiveSummary(frames_shown=scheduler.shown, frames_dropped=scheduler.dropped, idle_frames=scheduler.idle,
+    return LiveSummary(frames_shown=scheduler.shown, frames_dropped=scheduler.dropped + lip.lost,
+                       idle_frames=scheduler.idle, fallbacks=scheduler.fallbacks,
                        latency_p50_ms=_percentile(scheduler.latencies_ms, 50),
                        latency_p95_ms=_percentile(scheduler.latencies_ms, 95),
                        ready_p50_ms=_percentile(scheduler.ready_ms, 50), ready_p95_ms=_percentile(scheduler.ready_ms, 95),

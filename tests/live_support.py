@@ -207,17 +207,20 @@ def recording(path: Path) -> tuple[list[np.ndarray], np.ndarray, int]:
     return frames, audio.astype(np.float32), rate
 
 
-def mouth_change(frames: list[np.ndarray], model) -> np.ndarray:
-    """Per recorded frame k, how much its inner mouth differs from the model's own frame ping_pong(k)."""
+def inner_mouth_diff(frame: np.ndarray, model, slot: int) -> float:
+    """Mean absolute difference (0-255) of the inner mouth of `frame`, the BGR frame shown for `slot`,
+    from the model's own frame ping_pong(slot): near 0 at rest, larger when the mouth is open."""
     from lipsync_cli.timing import ping_pong
 
-    out = []
-    for k, frame in enumerate(frames):
-        j = ping_pong(k, model.n_frames)
-        x0, y0, x1, y1 = model.mouth_bounds[j].astype(int)
-        d = np.abs(frame.astype(np.int16) - model.frame(j).astype(np.int16)).mean(axis=2)
-        out.append(float(d[y0 + (y1 - y0) // 4: y1 - (y1 - y0) // 3, x0 + (x1 - x0) // 4: x1 - (x1 - x0) // 4].mean()))
-    return np.array(out)
+    j = ping_pong(slot, model.n_frames)
+    x0, y0, x1, y1 = model.mouth_bounds[j].astype(int)
+    inner = (slice(y0 + (y1 - y0) // 4, y1 - (y1 - y0) // 3), slice(x0 + (x1 - x0) // 4, x1 - (x1 - x0) // 4))
+    return float(np.abs(frame[inner].astype(np.int16) - model.frame(j)[inner].astype(np.int16)).mean())
+
+
+def mouth_change(frames: list[np.ndarray], model) -> np.ndarray:
+    """Per recorded frame k, how much its inner mouth differs from the model's own frame ping_pong(k)."""
+    return np.array([inner_mouth_diff(frame, model, k) for k, frame in enumerate(frames)])
 
 
 def frame_loudness(audio: np.ndarray, rate_hz: int, n_frames: int, fps: int = 25) -> np.ndarray:

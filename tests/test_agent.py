@@ -13,6 +13,7 @@ import pytest
 
 from conftest import SAMPLE_VIDEO, espeak_wav
 from fake_realtime import FakeRealtime
+from helpers import assert_clean_error, run_cli
 from live_support import (best_match, frame_loudness, mouth_change, pulse, recording, screenshot,  # noqa: F401
                           start_session, xvfb)
 from lipsync_cli.agent import REALTIME_RATE_HZ, AnswerAudio, websocket_base_url
@@ -138,6 +139,13 @@ def test_missing_api_key_is_one_line_before_any_window(env, tmp_path, cache_dir)
     assert session.proc.returncode == 1 and time.monotonic() - started < 20
     assert session.stderr.strip().startswith("AgentError: OPENAI_API_KEY is not set"), session.stderr
     assert len(session.stderr.strip().splitlines()) == 1
+
+
+def test_cli_without_an_api_key_is_one_clean_line():
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["DISPLAY"] = os.environ.get("DISPLAY") or ":0"  # the key is checked before any window opens
+    proc = run_cli("live", "--agent", "openai", "--duration", "1", env=env, timeout_s=60)
+    assert_clean_error(proc, "AgentError", "OPENAI_API_KEY")
 
 
 def test_websocket_url_follows_the_base_url():
