@@ -9,7 +9,7 @@ that alternate between the two servers; medians and the median paired ratio are 
 The load generator runs in its own process so that it does not share the server's GIL; it is one
 Python process, so nginx's figures are a lower bound on what nginx can do.
 
-    python bench/http_bench.py [--video /work/shared/data/speaker_man_1080x1920_25fps.mp4]
+    python bench/http_bench.py [--video ../shared/data/speaker_man_1080x1920_25fps.mp4]
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import SPEAKER_VIDEO, need
 from lipsync_cli.http_server import ServeSettings, create_server
 
-DEFAULT_VIDEO = Path("/work/shared/data/speaker_man_1080x1920_25fps.mp4")
 DEFAULT_CLIENTS = 32
 DEFAULT_REQUESTS = 1500
 DEFAULT_ROUNDS = 3
@@ -145,7 +145,7 @@ def _start_nginx(nginx: str, root: Path, tmp: Path, workers: int) -> tuple[subpr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    parser.add_argument("--video", type=Path, default=SPEAKER_VIDEO)
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="per server and round")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="per server and round")
@@ -154,9 +154,7 @@ def main() -> None:
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     parser.add_argument("--nginx-workers", type=int, default=1)
     args = parser.parse_args()
-    video = args.video.resolve()
-    if not video.is_file():
-        raise SystemExit(f"{video}: no such file (pass --video)")
+    video = need(args.video).resolve()
     if video.stat().st_size < args.range_bytes:
         raise SystemExit(f"{video} is smaller than one range ({args.range_bytes} bytes)")
 

@@ -29,14 +29,14 @@ import cv2
 import numpy as np
 import psutil
 
+from common import REPO, SHARED_DATA
 from lipsync_cli.audio import load_audio
 from lipsync_cli.client import LipSyncClient
 from lipsync_cli.service import JPEG_QUALITY
 from lipsync_cli.store import ModelStore
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_AUDIO = REPO_DIR.parent / "shared" / "data" / "speech_48k_stereo_8s.wav"
-FALLBACK_AUDIO = REPO_DIR / "samples" / "speech.wav"
+DEFAULT_AUDIO = SHARED_DATA / "speech_48k_stereo_8s.wav"
+FALLBACK_AUDIO = REPO / "samples" / "speech.wav"
 CHUNK_MS = 40
 GOAL_FRAMES_PER_S = 300
 GOAL_P95_MS = 15.0

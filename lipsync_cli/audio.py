@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from fractions import Fraction
 from math import gcd
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from lipsync_cli.errors import AudioError
 
 SAMPLE_RATE_HZ = 16_000  # the one internal analysis rate
 PCM16_FULL_SCALE = 32767
+RESAMPLE_CUTOFF = 0.45  # anti-alias low-pass of the streaming resampler, as a share of the output rate
+RESAMPLE_FILTER_ORDER = 8
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,61 @@ def resample(samples: np.ndarray, *, from_rate_hz: int, to_rate_hz: int) -> np.n
 
     g = gcd(from_rate_hz, to_rate_hz)
     return resample_poly(samples, to_rate_hz // g, from_rate_hz // g, axis=0).astype(np.float32)
+
+
+class StreamResampler:
+    """Resamples a stream chunk by chunk to `to_rate_hz`; the output does not depend on the chunking.
+
+    A Butterworth low-pass (its state carried across chunks) removes what would alias, then linear
+    interpolation at exact rational positions picks the output samples. Cruder than the polyphase
+    filter `resample` uses on whole clips, but without its edge effects at every chunk boundary,
+    and plenty for the mouth driver's band levels below 8 kHz. After `flush`, the output has as
+    many samples as `resample` gives for the whole input.
+    """
+
+    def __init__(self, *, from_rate_hz: int, to_rate_hz: int = SAMPLE_RATE_HZ):
+        from scipy.signal import butter, sosfilt_zi
+
+        ratio = Fraction(from_rate_hz, to_rate_hz)  # input samples per output sample
+        self.num, self.den = ratio.numerator, ratio.denominator
+        self.sos = None
+        if from_rate_hz > to_rate_hz:
+            self.sos = butter(RESAMPLE_FILTER_ORDER, RESAMPLE_CUTOFF * to_rate_hz, fs=from_rate_hz, output="sos")
+            self.zi = sosfilt_zi(self.sos) * 0.0  # the stream starts from silence
+        self.n_in = 0  # input samples received
+        self.n_out = 0  # output samples produced
+        self.last = np.zeros(0)  # the last input sample (filtered): the left neighbour of the next outputs
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """(n,) float32 at from_rate_hz -> (m,) float32 at to_rate_hz, everything that can be computed yet."""
+        if self.num == self.den:
+            return samples.astype(np.float32, copy=False)
+        x = samples.astype(np.float64)
+        if self.sos is not None and len(x):
+            from scipy.signal import sosfilt
+
+            x, self.zi = sosfilt(self.sos, x, zi=self.zi)
+        buf = np.concatenate([self.last, x])
+        self.n_in += len(x)
+        # output j sits at input position j * num / den and needs the input sample after it
+        return self._emit(buf, self.n_in - len(buf), -(-(self.n_in - 1) * self.den // self.num))
+
+    def flush(self) -> np.ndarray:
+        """End of input: the remaining output samples (the last input sample is held past the end)."""
+        if self.num == self.den or self.n_in == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._emit(np.concatenate([self.last, self.last]), self.n_in - 1, -(-self.n_in * self.den // self.num))
+
+    def _emit(self, buf: np.ndarray, buf_start: int, end: int) -> np.ndarray:
+        """Output samples n_out..end-1 from `buf`, which holds input samples `buf_start` on."""
+        j = np.arange(self.n_out, max(end, self.n_out), dtype=np.int64)
+        pos, rest = np.divmod(j * self.num, self.den)
+        frac = rest / self.den
+        left = pos - buf_start
+        out = buf[left] * (1.0 - frac) + buf[left + 1] * frac
+        self.n_out += len(j)
+        self.last = buf[-1:]
+        return out.astype(np.float32)
 
 
 def pcm_to_float(data: bytes, *, sample_type: str, channels: int) -> np.ndarray:

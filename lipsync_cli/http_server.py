@@ -34,16 +34,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lipsync_cli.defaults import DEFAULT_REALTIME_MODEL
 from lipsync_cli.errors import LipsyncError, ModelNotFoundError, ServiceError, VideoError
-from lipsync_cli.models import (SAMPLE_MODEL, find_named_model, is_valid_name, list_model_videos,
-                                model_name)
+from lipsync_cli.models import find_named_model, is_valid_name, served_models
 from lipsync_cli.store import DEFAULT_MODEL_LIMIT, ModelStore
 from lipsync_cli.video import probe_video
 
 LOG = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-DEFAULT_REALTIME_MODEL = "gpt-realtime"
 DEFAULT_TOKEN_TTL_S = 600
 # the range OpenAI accepts for `expires_after.seconds`
 MIN_TOKEN_TTL_S = 10
@@ -135,14 +134,6 @@ def _presented_secret(headers: Headers) -> bytes:
     return presented.encode("latin-1", errors="replace")
 
 
-def _served_models(models_dir: Path | None) -> dict[str, Path]:
-    """Name -> video for every model a remote caller can fetch, exactly as the video route finds it."""
-    names = {model_name(v) for v in list_model_videos(models_dir=models_dir)}
-    if SAMPLE_MODEL.is_file():
-        names.add(model_name(SAMPLE_MODEL))  # find_named_model falls back to the bundled sample
-    return {n: find_named_model(n, models_dir=models_dir) for n in sorted(names) if is_valid_name(n)}
-
-
 def _describe(name: str, video: Path, store: ModelStore) -> dict:
     entry: dict = {"name": name, "url": f"/api/model-video/{quote(name)}", "size_bytes": video.stat().st_size}
     try:
@@ -193,11 +184,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/api/models")
     def models() -> list[dict]:
-        return [_describe(n, v, store) for n, v in _served_models(settings.models_dir).items()]
+        return [_describe(n, v, store) for n, v in served_models(models_dir=settings.models_dir).items()]
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"ok": True, "models": len(_served_models(settings.models_dir))}
+        # liveness only: a probe every few seconds should not scan the model folders
+        return {"ok": True}
 
     @app.post("/api/token")
     @app.post("/token")  # the original system's path

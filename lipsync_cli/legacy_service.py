@@ -45,6 +45,7 @@ from lipsync_cli.models import VIDEO_SUFFIXES
 from lipsync_cli.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc, lipsync_pb2
 from lipsync_cli.service import AddServicer, clip_frames
 from lipsync_cli.store import Model, ModelStore
+from lipsync_cli.timing import ping_pong
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ PREDICTION_SHAPE = f"{REGION_PX}x{REGION_PX}x3"  # what the original API calls t
 AUDIO_CACHE_CLIPS = 8  # decoded WAVs kept
 # rendered clips kept; a minute of audio at 25 fps is about 45 MB of JPEGs
 CLIP_CACHE_CLIPS = 4
+# rest mouths kept, one per model frame: JPEGs of some 30 KB, so about 8 MB
+REST_CACHE_FRAMES = 256
 NO_AUDIO = np.zeros(0, dtype=np.float32)
 
 
@@ -110,25 +113,29 @@ class AudioCache:
 
 
 class _Clip:
-    """The frames of one audio on one model, rendered in order through one generator stream, on demand."""
+    """The frames of one audio on one model, rendered in order through one generator stream, on demand.
+
+    Creating one is cheap: the mouth driver runs over the audio on the first `frame` call, under
+    this clip's own lock, so it holds up only the requests for this clip.
+    """
 
     def __init__(self, model: Model, generator: MouthGenerator, mono: np.ndarray):
         self.model, self.generator, self.mono = model, generator, mono
-        self.params: list[MouthParams] = drive(mono, fps=model.fps)
+        self.params: list[MouthParams] | None = None
         self._lock = threading.Lock()
-        self._start()
-
-    @property
-    def n_frames(self) -> int:
-        return len(self.params)
 
     def _start(self) -> None:
         self._rendered: list[lipsync_pb2.MouthFrame] = []
         self._frames = clip_frames(self.model, self.generator.open_stream(self.model), self.params, self.mono)
 
-    def frame(self, index: int) -> lipsync_pb2.MouthFrame:
-        """Frame `index` (below n_frames), rendering the frames before it first where not done yet."""
+    def frame(self, index: int) -> lipsync_pb2.MouthFrame | None:
+        """Frame `index`, rendering the frames before it first where not done yet; None past the clip's end."""
         with self._lock:
+            if self.params is None:
+                self.params = drive(self.mono, fps=self.model.fps)
+                self._start()
+            if index >= len(self.params):
+                return None
             try:
                 while len(self._rendered) <= index:
                     self._rendered.append(next(self._frames))
@@ -148,7 +155,7 @@ class ClipCache:
         self._lock = threading.Lock()
 
     def get(self, model: Model, audio_key: str, mono: np.ndarray) -> _Clip:
-        """The clip of this audio on this model (a reloaded model is a new one)."""
+        """The clip of this audio on this model (a reloaded model is a new one); not rendered yet if new."""
         key = (model, audio_key)
         with self._lock:
             clip = self._clips.get(key)
@@ -167,7 +174,10 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
         self.store, self.generator = store, generator
         self.audio = AudioCache()
         self.clips = ClipCache(generator)
-        self._videos: dict[str, Path] = {}  # model names LoadModel gave to videos by package_path
+        # the rest mouth of a model frame is the same for every request: rendered and encoded once.
+        # Keyed by the video, not the Model, so that it keeps no model the store has dropped alive.
+        self._rest: OrderedDict[tuple[Path, tuple[int, int], int], lipsync_pb2.MouthFrame] = OrderedDict()
+        self._rest_lock = threading.Lock()
 
     def add_to(self, server: grpc.Server) -> list[str]:
         """Register on `server` (an `extra_servicers` entry of `service.create_server`)."""
@@ -244,11 +254,25 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
     def _frame(self, model: Model, frame_id: int, audio: str | None) -> lipsync_pb2.MouthFrame:
         if audio is not None:
             audio_key, mono = self.audio.get(audio)
-            clip = self.clips.get(model, audio_key, mono)
-            if frame_id < clip.n_frames:
-                return clip.frame(frame_id)
+            frame = self.clips.get(model, audio_key, mono).frame(frame_id)
+            if frame is not None:
+                return frame
+        return self._rest_frame(model, ping_pong(frame_id, model.n_frames))
+
+    def _rest_frame(self, model: Model, model_frame: int) -> lipsync_pb2.MouthFrame:
+        key = (model.video, model.source_stat, model_frame)
+        with self._rest_lock:
+            frame = self._rest.get(key)
+            if frame is not None:
+                self._rest.move_to_end(key)
+                return frame
         # a fresh stream, so a frame at rest does not depend on which frames were asked before it
-        return next(clip_frames(model, self.generator.open_stream(model), [REST], NO_AUDIO, first_frame=frame_id))
+        frame = next(clip_frames(model, self.generator.open_stream(model), [REST], NO_AUDIO, first_frame=model_frame))
+        with self._rest_lock:
+            self._rest[key] = frame
+            while len(self._rest) > REST_CACHE_FRAMES:
+                self._rest.popitem(last=False)
+        return frame
 
     def _register(self, model_name: str, package_path: str) -> str:
         """The name LoadModel loads: a video named by package_path is registered under model_name or its stem."""
@@ -259,16 +283,14 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
                 log.info("LoadModel: package_path %s is not a video file; loading %r by name", package_path, model_name)
             return model_name
         stem = self.store.register(video)  # LipSync clients reach it by its stem too
-        name = model_name or stem
-        self._videos[name] = video.resolve()
-        return name
+        return self.store.register(video, model_name) if model_name else stem
 
     def _model(self, name: str) -> tuple[Model, bool]:
         """The model called `name`, and whether this call had to load it."""
         if not name:
             raise _BadRequest("model_name is empty: name a model video on this server")
         try:
-            video = self._videos.get(name) or self.store.resolve(name, names_only=True)
+            video = self.store.resolve(name, names_only=True)
         except ModelNotFoundError as exc:
             log.info("unknown model requested: %s", exc)
             # the store's message lists the folders searched: no business of a remote client

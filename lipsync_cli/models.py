@@ -72,16 +72,44 @@ def resolve_model(spec: str, *, models_dir: Path | None = None) -> Path:
     return find_named_model(spec, models_dir=models_dir)
 
 
+def _lookup_order(video: Path) -> tuple[int, bool, str]:
+    """Sort key of the videos of one folder: the order in which `find_named_model` tries suffixes."""
+    return VIDEO_SUFFIXES.index(video.suffix.lower()), video.suffix not in VIDEO_SUFFIXES, video.name
+
+
 def list_model_videos(*, models_dir: Path | None = None) -> list[Path]:
-    """Every model video in the search folders (first one wins for a repeated name), sorted by name."""
+    """Every model video in the search folders, one per name, sorted by name.
+
+    For a name found more than once, the video `find_named_model` picks wins: the first folder,
+    then the first of VIDEO_SUFFIXES (`alice.mp4` over `alice.mov`).
+    """
     found: dict[str, Path] = {}
     for d in search_dirs(models_dir):
         if not d.is_dir():
             continue
-        for p in sorted(d.iterdir()):
-            if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
-                found.setdefault(model_name(p), p)
+        videos = [p for p in d.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+        for p in sorted(videos, key=_lookup_order):
+            found.setdefault(model_name(p), p)
     return [found[k] for k in sorted(found)]
+
+
+def served_models(*, models_dir: Path | None = None) -> dict[str, Path]:
+    """Name -> video of every model a remote caller (HTTP, gRPC) can fetch by name, sorted by name.
+
+    Each video is the one `find_named_model` gives for its name, so every listed name can be
+    fetched and serves that file. Names it refuses (`my clip`) are left out; the bundled sample is
+    in whenever no model video shadows its name.
+    """
+    names = {model_name(v) for v in list_model_videos(models_dir=models_dir)}
+    if SAMPLE_MODEL.is_file():
+        names.add(model_name(SAMPLE_MODEL))
+    served: dict[str, Path] = {}
+    for name in sorted(n for n in names if is_valid_name(n)):
+        try:
+            served[name] = find_named_model(name, models_dir=models_dir)
+        except ModelNotFoundError:  # listed under a name that finds no file (`alice.MP4` on Linux)
+            continue
+    return served
 
 
 def default_model(*, models_dir: Path | None = None) -> Path:

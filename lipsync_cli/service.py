@@ -17,24 +17,23 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import grpc
 import numpy as np
+import scipy.signal  # noqa: F401  (resampling: loaded (~0.7 s) with the server, not on a stream's first chunk)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from scipy.signal import butter, sosfilt, sosfilt_zi
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ, check_samples, pcm_to_float, resample, to_mono
+from lipsync_cli.audio import SAMPLE_RATE_HZ, StreamResampler, check_samples, pcm_to_float, resample, to_mono
 from lipsync_cli.driver import MouthDriver, MouthParams, drive
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
-from lipsync_cli.generator import AUDIO_WINDOW_MS, GeneratorStream, MouthGenerator, make_generator
-from lipsync_cli.models import SAMPLE_MODEL, list_model_videos, model_name
+from lipsync_cli.generator import AUDIO_WINDOW_SAMPLES, GeneratorStream, MouthGenerator, make_generator
+from lipsync_cli.models import served_models
 from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
 from lipsync_cli.store import Model, ModelStore
-from lipsync_cli.timing import first_sample_of_frame, ping_pong
+from lipsync_cli.timing import first_sample_of_frame, frame_centre_sample, ping_pong
 from lipsync_cli.video import probe_video
 
 log = logging.getLogger(__name__)
@@ -47,9 +46,6 @@ SAMPLE_TYPES = {lipsync_pb2.PCM_S16LE: "s16", lipsync_pb2.FLOAT32LE: "f32"}  # p
 JPEG_QUALITY = 90
 # a whole clip travels in one message: 128 MiB is about 11 minutes of 48 kHz stereo PCM16
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-AUDIO_WINDOW_SAMPLES = SAMPLE_RATE_HZ * AUDIO_WINDOW_MS // 1000
-RESAMPLE_CUTOFF = 0.45  # anti-alias low-pass of the streaming resampler, as a share of the output rate
-RESAMPLE_FILTER_ORDER = 8
 
 # An `extra_servicers` entry registers another service on the server; it may return the full names
 # of the services it added, so they are marked SERVING and listed by reflection too.
@@ -84,63 +80,6 @@ def _decode_mono(data: bytes, fmt: _Format) -> np.ndarray:
     samples = pcm_to_float(data, sample_type=fmt.sample_type, channels=fmt.channels)
     check_samples(samples, what="the audio")
     return to_mono(samples)
-
-
-class StreamResampler:
-    """Resamples a stream chunk by chunk to `to_rate_hz`; the output does not depend on the chunking.
-
-    A Butterworth low-pass (its state carried across chunks) removes what would alias, then linear
-    interpolation at exact rational positions picks the output samples. Cruder than the polyphase
-    filter `audio.resample` uses on whole clips, but without its edge effects at every chunk
-    boundary, and plenty for the mouth driver's band levels below 8 kHz. After `flush`, the output
-    has as many samples as `audio.resample` gives for the whole input.
-    """
-
-    def __init__(self, *, from_rate_hz: int, to_rate_hz: int = SAMPLE_RATE_HZ):
-        ratio = Fraction(from_rate_hz, to_rate_hz)  # input samples per output sample
-        self.num, self.den = ratio.numerator, ratio.denominator
-        self.sos = None
-        if from_rate_hz > to_rate_hz:
-            self.sos = butter(RESAMPLE_FILTER_ORDER, RESAMPLE_CUTOFF * to_rate_hz, fs=from_rate_hz, output="sos")
-            self.zi = sosfilt_zi(self.sos) * 0.0  # the stream starts from silence
-        self.n_in = 0  # input samples received
-        self.n_out = 0  # output samples produced
-        self.last = np.zeros(0)  # the last input sample (filtered): the left neighbour of the next outputs
-
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        """(n,) float32 at from_rate_hz -> (m,) float32 at to_rate_hz, everything that can be computed yet."""
-        if self.num == self.den:
-            return samples.astype(np.float32, copy=False)
-        x = samples.astype(np.float64)
-        if self.sos is not None and len(x):
-            x, self.zi = sosfilt(self.sos, x, zi=self.zi)
-        buf = np.concatenate([self.last, x])
-        self.n_in += len(x)
-        # output j sits at input position j * num / den and needs the input sample after it
-        return self._emit(buf, self.n_in - len(buf), -(-(self.n_in - 1) * self.den // self.num))
-
-    def flush(self) -> np.ndarray:
-        """End of input: the remaining output samples (the last input sample is held past the end)."""
-        if self.num == self.den or self.n_in == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self._emit(np.concatenate([self.last, self.last]), self.n_in - 1, -(-self.n_in * self.den // self.num))
-
-    def _emit(self, buf: np.ndarray, buf_start: int, end: int) -> np.ndarray:
-        """Output samples n_out..end-1 from `buf`, which holds input samples `buf_start` on."""
-        j = np.arange(self.n_out, max(end, self.n_out), dtype=np.int64)
-        pos, rest = np.divmod(j * self.num, self.den)
-        frac = rest / self.den
-        left = pos - buf_start
-        out = buf[left] * (1.0 - frac) + buf[left + 1] * frac
-        self.n_out += len(j)
-        self.last = buf[-1:]
-        return out.astype(np.float32)
-
-
-def _frame_centre(index: int, fps: Fraction) -> int:
-    """The 16 kHz sample in the middle of output frame `index`."""
-    start = first_sample_of_frame(index, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)
-    return (start + first_sample_of_frame(index + 1, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)) // 2
 
 
 def _audio_window(buffer: np.ndarray, buffer_start: int, centre: int) -> np.ndarray:
@@ -184,7 +123,8 @@ def clip_frames(model: Model, stream: GeneratorStream, params: Iterable[MouthPar
     """
     frames = _FrameMaker(model, stream, first_frame)
     for i, frame_params in enumerate(params):
-        yield frames.make(i, frame_params, _audio_window(mono, 0, _frame_centre(i, model.fps)))
+        centre = frame_centre_sample(i, fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
+        yield frames.make(i, frame_params, _audio_window(mono, 0, centre))
 
 
 class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
@@ -244,11 +184,8 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                    ) -> lipsync_pb2.ListModelsResponse:
         """Every model video this service can serve by name."""
         with _status_from_errors(context, "ListModels"):
-            videos = list_model_videos(models_dir=self.store.models_dir)
-            # the bundled sample answers to its name whenever no model video shadows it
-            if SAMPLE_MODEL.is_file() and model_name(SAMPLE_MODEL) not in {model_name(v) for v in videos}:
-                videos.append(SAMPLE_MODEL)
-            return lipsync_pb2.ListModelsResponse(models=[self._model_info(v) for v in videos])
+            videos = served_models(models_dir=self.store.models_dir)
+            return lipsync_pb2.ListModelsResponse(models=[self._model_info(n, v) for n, v in videos.items()])
 
     def _model(self, name: str) -> Model:
         if not name:
@@ -260,8 +197,8 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
             # the store's message lists the folders searched: no business of a remote client
             raise ModelNotFoundError(f"no model named {name!r} on this server (ListModels lists them)") from exc
 
-    def _model_info(self, video: Path) -> lipsync_pb2.ModelInfo:
-        info = lipsync_pb2.ModelInfo(name=model_name(video), prepared=self.store.is_prepared(video))
+    def _model_info(self, name: str, video: Path) -> lipsync_pb2.ModelInfo:
+        info = lipsync_pb2.ModelInfo(name=name, prepared=self.store.is_prepared(video))
         try:
             probe = probe_video(video)
         except LipsyncError as exc:
@@ -300,12 +237,15 @@ class _LiveStream:
         self.history = np.concatenate([self.history, mono])
         for params in decided:
             # a live frame goes out at once: audio that has not arrived yet is zeros in its window
-            window = _audio_window(self.history, self.history_start, _frame_centre(self.next_index, self.fps))
+            window = _audio_window(self.history, self.history_start, self._centre(self.next_index))
             yield self.frames.make(self.next_index, params, window, captured_at_s)
             self.next_index += 1
-        keep_from = _frame_centre(self.next_index, self.fps) - AUDIO_WINDOW_SAMPLES // 2
+        keep_from = self._centre(self.next_index) - AUDIO_WINDOW_SAMPLES // 2
         drop = min(max(0, keep_from - self.history_start), len(self.history))
         self.history, self.history_start = self.history[drop:], self.history_start + drop
+
+    def _centre(self, index: int) -> int:
+        return frame_centre_sample(index, fps=self.fps, sample_rate_hz=SAMPLE_RATE_HZ)
 
 
 @contextmanager
@@ -342,7 +282,10 @@ def create_server(address: str = "127.0.0.1:0", *, store: ModelStore, generator:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lipsync-rpc"),
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 # on by default on Linux: a second server on a busy port would bind silently and
+                 # take a share of the calls; off, binding fails and says so
+                 ("grpc.so_reuseport", 0)])
     lipsync_pb2_grpc.add_LipSyncServicer_to_server(LipSyncServicer(store, generator), server)
     names = [SERVICE_NAME]
     for add in extra_servicers:
@@ -355,12 +298,15 @@ def create_server(address: str = "127.0.0.1:0", *, store: ModelStore, generator:
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
 
+    # gRPC says no more than "Failed to bind" (the cause only goes to its debug log)
+    refused = (f"cannot listen on {address}: the port is in use (by another `lipsync serve`?) or the host is "
+               "not an address of this machine; pick another port or host")
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise ServiceError(f"cannot listen on {address} ({exc}): pick another port or host") from exc
+        raise ServiceError(refused) from exc
     if port == 0:
-        raise ServiceError(f"cannot listen on {address}: pick another port or host")
+        raise ServiceError(refused)
     server.start()
     log.info("lip-sync service listening on %s (port %d)", address, port)
     return server, port

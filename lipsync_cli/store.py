@@ -104,11 +104,15 @@ class ModelStore:
         self._preparing: dict[Path, threading.Lock] = {}  # one lock per video being prepared
         self._lock = threading.Lock()
 
-    def register(self, video: Path) -> str:
-        """Make a video given by path reachable by its model name (for the in-process service)."""
+    def register(self, video: Path, name: str | None = None) -> str:
+        """Make a video given by path reachable by `name` (default: its model name); returns the name.
+
+        For the in-process service, and for the original API's LoadModel, which names videos itself.
+        """
         video = Path(video).resolve()
-        self._aliases[model_name(video)] = video
-        return model_name(video)
+        name = name or model_name(video)
+        self._aliases[name] = video
+        return name
 
     def resolve(self, spec: str, *, names_only: bool = False) -> Path:
         """The video a name (or, unless names_only, a path) stands for."""

@@ -18,6 +18,12 @@ def first_sample_of_frame(frame_index: int, *, fps: Fraction, sample_rate_hz: in
     return -(-frame_index * fps.denominator * sample_rate_hz // fps.numerator)
 
 
+def frame_centre_sample(frame_index: int, *, fps: Fraction, sample_rate_hz: int) -> int:
+    """The audio sample in the middle of frame `frame_index` (where its audio window is centred)."""
+    start = first_sample_of_frame(frame_index, fps=fps, sample_rate_hz=sample_rate_hz)
+    return (start + first_sample_of_frame(frame_index + 1, fps=fps, sample_rate_hz=sample_rate_hz)) // 2
+
+
 def frame_count(n_samples: int, *, fps: Fraction, sample_rate_hz: int) -> int:
     """How many output frames cover `n_samples` of audio (the last sample's frame plus one)."""
     if n_samples <= 0:

@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
+from helpers import make_video
 from lipsync_cli.errors import LipsyncError, ServiceError
 from lipsync_cli.http_server import ServeSettings, create_server
 from lipsync_cli.video import Mp4Writer
@@ -221,8 +222,22 @@ def test_models_list_and_health(client, media):
                     "prepared": False}
     for m in models:  # every listed model can be fetched
         assert client.head(m["url"]).status_code == 200
-    health = client.get("/healthz").json()
-    assert health == {"ok": True, "models": len(models)}
+    assert client.get("/healthz").json() == {"ok": True}
+
+
+def test_models_list_names_what_the_video_route_serves(start, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # none of the working directory's model folders
+    models = tmp_path / "models"
+    models.mkdir()
+    make_video(models / "alice.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
+    make_video(tmp_path / "wide.mp4", [np.full((64, 96, 3), 128, np.uint8)] * 5).rename(models / "alice.mov")
+    make_video(models / "my clip.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
+    with httpx.Client(base_url=start(models_dir=models), timeout=10) as client:
+        listed = {m["name"]: m for m in client.get("/api/models").json()}
+        assert set(listed) == {"alice", "avatar"}, "'my clip' is no name the video route takes"
+        alice = (models / "alice.mp4").read_bytes()
+        assert (listed["alice"]["width"], listed["alice"]["size_bytes"]) == (64, len(alice))
+        assert client.get(listed["alice"]["url"]).content == alice
 
 
 def test_index_page_and_assets(client):
@@ -398,7 +413,6 @@ print("stopped", flush=True)
 
 
 def test_run_serve_serves_both_and_stops_on_ctrl_c(media):
-    pytest.importorskip("lipsync_cli.service", reason="the gRPC service (lipsync_cli/service.py) is not there yet")
     grpc = pytest.importorskip("grpc")
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

@@ -213,7 +213,8 @@ def test_both_services_answer_on_one_port(channel, legacy, original):
     ours = lipsync_pb2_grpc.LipSyncStub(channel).ListModels(lipsync_pb2.ListModelsRequest(), timeout=TIMEOUT_S)
     assert MODEL in [m.name for m in ours.models]
     loaded = legacy.LoadModel(original.pb2.LoadModelRequest(model_name=MODEL), timeout=TIMEOUT_S)
-    assert loaded.success and loaded.model_name == MODEL and loaded.initialization_time_ms >= 0
+    assert loaded.success and loaded.model_name == MODEL, loaded.error
+    assert "already loaded" in loaded.message  # the server holds it already: nothing to prepare
 
 
 # --- frames -------------------------------------------------------------------------------------
@@ -328,6 +329,9 @@ def test_load_model_and_auto_load(cache_dir, sample_model, original, tmp_path):
             by_stem = legacy.LoadModel(pb2.LoadModelRequest(package_path=str(guest)), timeout=TIMEOUT_S)
             assert by_stem.success and by_stem.model_name == "guest", by_stem.error
             assert by_stem.initialization_time_ms > 0  # a new video: prepared now
+            again = legacy.LoadModel(pb2.LoadModelRequest(package_path=str(guest)), timeout=TIMEOUT_S)
+            assert again.success and "already loaded" in again.message, again.message
+            assert again.initialization_time_ms < by_stem.initialization_time_ms / 10
             renamed = legacy.LoadModel(pb2.LoadModelRequest(
                 model_name="host", package_path=str(guest), audio_override=_wav_base64(_speech(0.5))),
                 timeout=TIMEOUT_S)

@@ -19,12 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from conftest import REPO, SPEECH_48K, shared
-from lipsync_cli.audio import SAMPLE_RATE_HZ, resample, to_mono
+from helpers import make_video
+from lipsync_cli.audio import SAMPLE_RATE_HZ, StreamResampler, resample, to_mono
 from lipsync_cli.client import LipSyncClient, channel_target
 from lipsync_cli.errors import AudioError, ModelNotFoundError, ServiceError
 from lipsync_cli.generator import make_generator
 from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_cli.service import StreamResampler, create_server
+from lipsync_cli.service import create_server
+from lipsync_cli.store import ModelStore
 from lipsync_cli.timing import first_sample_of_frame, frame_count, ping_pong
 
 MODEL = "avatar"  # the bundled sample answers to its name
@@ -178,6 +180,40 @@ def test_list_models(service, sample_model):
     info = models[MODEL]
     assert (info.width, info.height, info.frames) == (sample_model.width, sample_model.height, sample_model.n_frames)
     assert info.fps == float(sample_model.fps) and info.prepared
+
+
+def test_list_models_lists_what_a_call_can_name(cache_dir, tmp_path, monkeypatch):
+    """Each listed name can be called, with the video a call by that name gets; no other names."""
+    monkeypatch.chdir(tmp_path)  # none of the working directory's model folders
+    models = tmp_path / "models"
+    models.mkdir()
+    make_video(models / "alice.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
+    make_video(tmp_path / "wide.mp4", [np.full((64, 96, 3), 128, np.uint8)] * 5).rename(models / "alice.mov")
+    make_video(models / "my clip.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
+    store = ModelStore(cache_dir=cache_dir, models_dir=models)
+    server, port = create_server(store=store, generator=CountingGenerator())
+    try:
+        with LipSyncClient(f"127.0.0.1:{port}") as client:
+            listed = {m.name: m for m in client.list_models()}
+    finally:
+        server.stop(grace=None)
+    assert set(listed) == {"alice", MODEL}, "'my clip' is no name a call may use"
+    assert store.resolve("alice", names_only=True) == models / "alice.mp4"
+    assert (listed["alice"].width, listed["alice"].height) == (64, 64), "the .mp4 a call gets, not the .mov"
+    with pytest.raises(ModelNotFoundError):
+        store.resolve("my clip", names_only=True)
+
+
+def test_a_busy_port_is_refused(store):
+    """SO_REUSEPORT is off: a second server on the same port fails instead of sharing the calls."""
+    server, port = create_server(store=store, generator=CountingGenerator())
+    try:
+        with pytest.raises(ServiceError) as info:
+            create_server(f"127.0.0.1:{port}", store=store, generator=CountingGenerator())
+        assert str(info.value) == (f"cannot listen on 127.0.0.1:{port}: the port is in use (by another `lipsync "
+                                   "serve`?) or the host is not an address of this machine; pick another port or host")
+    finally:
+        server.stop(grace=None)
 
 
 # --- RenderClip ---------------------------------------------------------------------------------
