@@ -28,13 +28,12 @@ import numpy as np
 
 from lipsync_cli.audio import float_to_pcm16, pcm_to_float
 from lipsync_cli.audio_io import MessageFn, Ticker, chunk_samples
+from lipsync_cli.defaults import DEFAULT_REALTIME_MODEL, DEFAULT_VOICE
 from lipsync_cli.errors import AgentError
 
 log = logging.getLogger(__name__)
 
 REALTIME_RATE_HZ = 24_000  # the Realtime API's PCM16 rate, both ways
-DEFAULT_REALTIME_MODEL = "gpt-realtime"
-DEFAULT_VOICE = "alloy"
 DEFAULT_INSTRUCTIONS = "You are a friendly assistant. Answer briefly, in a natural spoken style."
 TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"  # for the user's side of the transcript
 RECONNECT_DELAY_S = 1.0  # first wait before connecting again; doubles up to MAX_RECONNECT_DELAY_S
@@ -96,7 +95,6 @@ class AnswerAudio:
         self.rate_hz = REALTIME_RATE_HZ
         self._lock = threading.Lock()
         self._parts: deque[tuple[np.ndarray, str | None]] = deque()  # item None: silence
-        self._queued = 0  # samples in _parts
         self._ahead = 0  # samples at the head of _parts already given out by read_ahead
         self._item: str | None = None  # the item read last
         self._read_of_item = 0  # samples of that item read so far
@@ -106,13 +104,6 @@ class AnswerAudio:
         """Queue (n,) float32 samples of item `item_id` after everything already queued."""
         with self._lock:
             self._parts.append((samples, item_id))
-            self._queued += len(samples)
-
-    @property
-    def speaking(self) -> bool:
-        """True while some of an answer is still to be played."""
-        with self._lock:
-            return any(item is not None for _, item in self._parts)
 
     def _pop(self, n: int) -> np.ndarray:
         """Remove and return the next n samples (zeros past the end), counting what each item played."""
@@ -129,7 +120,6 @@ class AnswerAudio:
                 if item != self._item:
                     self._item, self._read_of_item = item, 0
                 self._read_of_item += len(part)
-        self._queued -= filled
         return out
 
     def _peek(self, start: int, n: int) -> np.ndarray:
@@ -174,7 +164,6 @@ class AnswerAudio:
             if not any(item is not None for _, item in self._parts):
                 return None, 0
             self._parts.clear()
-            self._queued = self._ahead
             if self._ahead:
                 self._parts.append((np.zeros(self._ahead, np.float32), None))
             return self._item, self._read_of_item
@@ -295,7 +284,7 @@ class RealtimeAgent:
         from openai import OpenAIError
         from websockets.exceptions import WebSocketException
 
-        from lipsync_cli.service import StreamResampler
+        from lipsync_cli.audio import StreamResampler
 
         rate = self.user_audio.rate_hz
         resampler = StreamResampler(from_rate_hz=rate, to_rate_hz=REALTIME_RATE_HZ) if rate != REALTIME_RATE_HZ \

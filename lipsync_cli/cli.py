@@ -16,7 +16,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lipsync_cli.defaults import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_REALTIME_MODEL,
+                                   DEFAULT_VOICE)
 from lipsync_cli.errors import LipsyncError
+from lipsync_cli.store import DEFAULT_MODEL_LIMIT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Make an avatar video speak: lip-sync speech onto a model video.")
@@ -116,16 +119,16 @@ def render(
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
-    port: int = typer.Option(3000, "--port", min=0, max=65535, help="HTTP port (0: a free one)."),
-    grpc_port: int = typer.Option(50051, "--grpc-port", min=0, max=65535, help="gRPC port (0: a free one)."),
+    host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(DEFAULT_HTTP_PORT, "--port", min=0, max=65535, help="HTTP port (0: a free one)."),
+    grpc_port: int = typer.Option(DEFAULT_GRPC_PORT, "--grpc-port", min=0, max=65535, help="gRPC port (0: a free one)."),
     models_dir: Optional[Path] = ModelsDir,
     cache_dir: Optional[Path] = CacheDir,
     allow_origin: List[str] = typer.Option([], "--allow-origin", help="A web origin allowed to call the API "
                                            "from a browser (CORS); repeat for more. Default: none."),
     token_secret: Optional[str] = typer.Option(None, "--token-secret", envvar="LIPSYNC_TOKEN_SECRET",
                                                help="A shared secret callers of /api/token must present."),
-    max_models: int = typer.Option(5, "--max-models", min=1, help="Models kept loaded at once (LRU)."),
+    max_models: int = typer.Option(DEFAULT_MODEL_LIMIT, "--max-models", min=1, help="Models kept loaded at once (LRU)."),
 ) -> None:
     """Serve the model videos, the OpenAI token endpoint and the gRPC lip-sync service."""
     import logging
@@ -163,9 +166,9 @@ def live(
                                          "a comma-separated list, or dns:///NAME:PORT. Default: in-process."),
     agent: Optional[str] = typer.Option(None, "--agent", help="Talk with a voice agent: openai "
                                         "(OpenAI Realtime; needs OPENAI_API_KEY, honours OPENAI_BASE_URL)."),
-    voice: str = typer.Option("alloy", "--voice", help="The agent's voice."),
+    voice: str = typer.Option(DEFAULT_VOICE, "--voice", help="The agent's voice."),
     instructions: Optional[str] = typer.Option(None, "--instructions", help="How the agent behaves."),
-    realtime_model: str = typer.Option("gpt-realtime", "--realtime-model", help="The OpenAI Realtime model."),
+    realtime_model: str = typer.Option(DEFAULT_REALTIME_MODEL, "--realtime-model", help="The OpenAI Realtime model."),
     models_dir: Optional[Path] = ModelsDir,
     cache_dir: Optional[Path] = CacheDir,
 ) -> None:
@@ -214,8 +217,9 @@ def live(
     latency = (f"latency p50 {summary.latency_p50_ms:.0f} ms, p95 {summary.latency_p95_ms:.0f} ms"
                if summary.latency_p50_ms is not None else "no frames from the service")
     saved = f", recorded to [green]{summary.record}[/]" if summary.record else ""
+    fallback = f", [yellow]{summary.fallbacks} shown untouched[/] (unusable mouth image)" if summary.fallbacks else ""
     out.print(f"{summary.frames_shown} frames shown ({summary.idle_frames} idle), {summary.frames_dropped} dropped, "
-              f"{latency}, {summary.reconnects} reconnects, {summary.seconds:.1f} s{saved}")
+              f"{latency}, {summary.reconnects} reconnects, {summary.seconds:.1f} s{fallback}{saved}")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from lipsync_cli.defaults import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT
 from lipsync_cli.generator import make_generator
 from lipsync_cli.http_server import ServeSettings, create_server, is_loopback
 from lipsync_cli.legacy_service import add_legacy_service
@@ -16,9 +17,6 @@ from lipsync_cli.store import ModelStore
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_HTTP_PORT = 3000
-DEFAULT_GRPC_PORT = 50051
 GRPC_GRACE_S = 2.0  # open streams get this long to finish on shutdown
 
 # {"http": "http://127.0.0.1:3000/", "grpc": "127.0.0.1:50051"}, with the ports really bound

@@ -1,0 +1,10 @@
+"""Defaults a user sees in `--help`, shared by the CLI and the modules that use them.
+
+Kept apart so the CLI can show them without importing the HTTP stack or the OpenAI SDK.
+"""
+
+DEFAULT_HOST = "127.0.0.1"  # serve binds to loopback unless told otherwise
+DEFAULT_HTTP_PORT = 3000
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_REALTIME_MODEL = "gpt-realtime"  # the OpenAI Realtime model of `live --agent openai` and `/api/token`
+DEFAULT_VOICE = "alloy"
