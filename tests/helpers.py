@@ -35,3 +35,14 @@ def make_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
         for f in frames:
             writer.write_frame(f)
     return path
+
+
+def make_shadowed_models(tmp_path: Path) -> Path:
+    """A models folder with alice.mp4 and alice.mov (the .mp4 is the one a name finds) and an
+    invalid name ("my clip.mp4"); returns the folder."""
+    models = tmp_path / "models"
+    models.mkdir()
+    make_video(models / "alice.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
+    make_video(tmp_path / "wide.mp4", [np.full((64, 96, 3), 128, np.uint8)] * 5).rename(models / "alice.mov")
+    make_video(models / "my clip.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
+    return models

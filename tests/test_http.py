@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import make_video
+from helpers import make_shadowed_models
 from lipsync_cli.errors import LipsyncError, ServiceError
 from lipsync_cli.http_server import ServeSettings, create_server
 from lipsync_cli.video import Mp4Writer
@@ -227,11 +227,7 @@ def test_models_list_and_health(client, media):
 
 def test_models_list_names_what_the_video_route_serves(start, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # none of the working directory's model folders
-    models = tmp_path / "models"
-    models.mkdir()
-    make_video(models / "alice.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
-    make_video(tmp_path / "wide.mp4", [np.full((64, 96, 3), 128, np.uint8)] * 5).rename(models / "alice.mov")
-    make_video(models / "my clip.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
+    models = make_shadowed_models(tmp_path)
     with httpx.Client(base_url=start(models_dir=models), timeout=10) as client:
         listed = {m["name"]: m for m in client.get("/api/models").json()}
         assert set(listed) == {"alice", "avatar"}, "'my clip' is no name the video route takes"

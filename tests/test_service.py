@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from conftest import REPO, SPEECH_48K, shared
-from helpers import make_video
+from helpers import make_shadowed_models
 from lipsync_cli.audio import SAMPLE_RATE_HZ, StreamResampler, resample, to_mono
 from lipsync_cli.client import LipSyncClient, channel_target
 from lipsync_cli.errors import AudioError, ModelNotFoundError, ServiceError
@@ -185,11 +185,7 @@ def test_list_models(service, sample_model):
 def test_list_models_lists_what_a_call_can_name(cache_dir, tmp_path, monkeypatch):
     """Each listed name can be called, with the video a call by that name gets; no other names."""
     monkeypatch.chdir(tmp_path)  # none of the working directory's model folders
-    models = tmp_path / "models"
-    models.mkdir()
-    make_video(models / "alice.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
-    make_video(tmp_path / "wide.mp4", [np.full((64, 96, 3), 128, np.uint8)] * 5).rename(models / "alice.mov")
-    make_video(models / "my clip.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
+    models = make_shadowed_models(tmp_path)
     store = ModelStore(cache_dir=cache_dir, models_dir=models)
     server, port = create_server(store=store, generator=CountingGenerator())
     try:
