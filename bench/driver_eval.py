@@ -33,9 +33,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import SHARED_DATA  # noqa: E402
-from lipsync_cli.audio import SAMPLE_RATE_HZ, float_to_pcm16, load_audio  # noqa: E402
-from lipsync_cli.driver import MouthDriver, drive  # noqa: E402
-from lipsync_cli.timing import first_sample_of_frame  # noqa: E402
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, float_to_pcm16, load_audio  # noqa: E402
+from lipsync_cli.core.driver import MouthDriver, drive  # noqa: E402
+from lipsync_cli.core.timing import first_sample_of_frame  # noqa: E402
 
 RECORDINGS = ("speech_16k_mono_20s.wav", "speech_44k_stereo_7s.wav", "speech_48k_stereo_8s.wav")
 # the open vowels of the ARPAbet set pocketsphinx uses (jaw low or mid-low)

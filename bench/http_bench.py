@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from common import SPEAKER_VIDEO, need
-from lipsync_cli.http_server import ServeSettings, create_server
+from lipsync_cli.web.http_server import ServeSettings, create_server
 
 DEFAULT_CLIENTS = 32
 DEFAULT_REQUESTS = 1500

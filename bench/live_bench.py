@@ -23,9 +23,9 @@ import cv2  # noqa: F401  (cv2 before av, as everywhere a window may open)
 import numpy as np
 
 from common import SAMPLE_VIDEO, SPEECH_20S, need
-from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio
-from lipsync_cli.live import LiveOptions, run_live
-from lipsync_cli.store import ModelStore
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
+from lipsync_cli.live.live import LiveOptions, run_live
+from lipsync_cli.media.store import ModelStore
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ import cv2  # noqa: F401
 import psutil
 
 from common import DRAWN_VIDEO, SAMPLE_VIDEO, SPEAKER_VIDEO, need, show
-from lipsync_cli.cache import cache_path, prepare_model
-from lipsync_cli.store import Model, ModelStore
-from lipsync_cli.video import probe_video
+from lipsync_cli.media.cache import cache_path, prepare_model
+from lipsync_cli.media.store import Model, ModelStore
+from lipsync_cli.media.video import probe_video
 
 
 def main() -> None:

@@ -20,16 +20,16 @@ from pathlib import Path
 import cv2  # noqa: F401
 
 from common import REPO, SPEAKER_VIDEO, SPEECH_20S, need, show
-from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio
-from lipsync_cli.timing import frame_count
-from lipsync_cli.video import Mp4Writer, iter_frames, probe_video
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
+from lipsync_cli.core.timing import frame_count
+from lipsync_cli.media.video import Mp4Writer, iter_frames, probe_video
 
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 import cv2
-from lipsync_cli.pipeline import RenderOptions, render
-from lipsync_cli.store import ModelStore
+from lipsync_cli.render.pipeline import RenderOptions, render
+from lipsync_cli.media.store import ModelStore
 store = ModelStore(cache_dir=Path(sys.argv[3]))
 store.get(Path(sys.argv[1]))  # prepared beforehand; timing starts after loading
 t0 = time.perf_counter()

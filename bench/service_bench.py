@@ -30,10 +30,10 @@ import numpy as np
 import psutil
 
 from common import REPO, SHARED_DATA
-from lipsync_cli.audio import load_audio
-from lipsync_cli.client import LipSyncClient
-from lipsync_cli.service import JPEG_QUALITY
-from lipsync_cli.store import ModelStore
+from lipsync_cli.media.audio import load_audio
+from lipsync_cli.rpc.client import LipSyncClient
+from lipsync_cli.rpc.service import JPEG_QUALITY
+from lipsync_cli.media.store import ModelStore
 
 DEFAULT_AUDIO = SHARED_DATA / "speech_48k_stereo_8s.wav"
 FALLBACK_AUDIO = REPO / "samples" / "speech.wav"
@@ -44,7 +44,7 @@ GOAL_P95_MS = 15.0
 
 def _serve(cache_dir: str | None, ports: mp.Queue, stop: mp.Event) -> None:
     """A server process: one service on a free loopback port until `stop` is set."""
-    from lipsync_cli.service import create_server
+    from lipsync_cli.rpc.service import create_server
 
     server, port = create_server(store=ModelStore(cache_dir=Path(cache_dir) if cache_dir else None))
     ports.put(port)

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from driver_eval import BILABIALS, OPEN_VOWELS, SILENCE, auc, frame_phones, recognise_phones  # noqa: E402
-from lipsync_cli.audio import load_audio  # noqa: E402
-from lipsync_cli.face import FaceTracker, mouth_open_ratio  # noqa: E402
-from lipsync_cli.pipeline import RenderOptions, render  # noqa: E402
-from lipsync_cli.store import ModelStore  # noqa: E402
-from lipsync_cli.video import iter_frames  # noqa: E402
+from lipsync_cli.media.audio import load_audio  # noqa: E402
+from lipsync_cli.media.face import FaceTracker, mouth_open_ratio  # noqa: E402
+from lipsync_cli.render.pipeline import RenderOptions, render  # noqa: E402
+from lipsync_cli.media.store import ModelStore  # noqa: E402
+from lipsync_cli.media.video import iter_frames  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = [

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lipsync_cli.defaults import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_REALTIME_MODEL,
                                    DEFAULT_VOICE)
 from lipsync_cli.errors import LipsyncError
-from lipsync_cli.store import DEFAULT_MODEL_LIMIT
+from lipsync_cli.media.store import DEFAULT_MODEL_LIMIT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Make an avatar video speak: lip-sync speech onto a model video.")
@@ -48,7 +48,7 @@ def progress_bar() -> Iterator:
 
 
 def _store(models_dir: Optional[Path], cache_dir: Optional[Path], progress=None):
-    from lipsync_cli.store import ModelStore
+    from lipsync_cli.media.store import ModelStore
 
     return ModelStore(cache_dir=cache_dir, models_dir=models_dir, progress=progress)
 
@@ -65,8 +65,8 @@ def prepare(
     force: bool = typer.Option(False, "--force", help="Rebuild even when the cache is up to date."),
 ) -> None:
     """Decode, track the face and mouth, and cache each model video (instant when unchanged)."""
-    from lipsync_cli.cache import prepare_model
-    from lipsync_cli.models import list_model_videos, resolve_model, search_dirs
+    from lipsync_cli.media.cache import prepare_model
+    from lipsync_cli.media.models import list_model_videos, resolve_model, search_dirs
 
     videos = [resolve_model(m, models_dir=models_dir) for m in models] if models else \
         list_model_videos(models_dir=models_dir)
@@ -104,7 +104,7 @@ def render(
     preset: str = typer.Option("veryfast", "--preset", help="x264 preset (ultrafast ... veryslow)."),
 ) -> None:
     """Render AUDIO spoken by the avatar into a finished MP4."""
-    from lipsync_cli.pipeline import RenderOptions, render as run_render
+    from lipsync_cli.render.pipeline import RenderOptions, render as run_render
 
     options = RenderOptions(model=model, server=server, preset=preset, crf=crf,
                             generator="onnx" if onnx else "own", onnx_path=onnx)
@@ -133,7 +133,7 @@ def serve(
     """Serve the model videos, the OpenAI token endpoint and the gRPC lip-sync service."""
     import logging
 
-    from lipsync_cli.http_server import ServeSettings
+    from lipsync_cli.web.http_server import ServeSettings
     from lipsync_cli.serve import run_serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -173,11 +173,11 @@ def live(
     cache_dir: Optional[Path] = CacheDir,
 ) -> None:
     """Make the avatar speak live: the microphone (or --input, or an agent's answers) in a window."""
-    from lipsync_cli.agent import DEFAULT_INSTRUCTIONS, AgentOptions
-    from lipsync_cli.audio_io import list_devices as audio_devices
+    from lipsync_cli.live.agent import DEFAULT_INSTRUCTIONS, AgentOptions
+    from lipsync_cli.live.audio_io import list_devices as audio_devices
     from lipsync_cli.errors import AgentError
-    from lipsync_cli.live import LiveOptions, check_live, run_live
-    from lipsync_cli.models import default_model
+    from lipsync_cli.live.live import LiveOptions, check_live, run_live
+    from lipsync_cli.media.models import default_model
 
     if list_devices:
         devices = audio_devices()

@@ -9,11 +9,11 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from lipsync_cli.defaults import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT
-from lipsync_cli.generator import make_generator
-from lipsync_cli.http_server import ServeSettings, create_server, is_loopback
-from lipsync_cli.legacy_service import add_legacy_service
-from lipsync_cli.service import create_server as create_grpc_server
-from lipsync_cli.store import ModelStore
+from lipsync_cli.core.generator import make_generator
+from lipsync_cli.web.http_server import ServeSettings, create_server, is_loopback
+from lipsync_cli.rpc.legacy_service import add_legacy_service
+from lipsync_cli.rpc.service import create_server as create_grpc_server
+from lipsync_cli.media.store import ModelStore
 
 LOG = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Generate the Python gRPC stubs in `lipsync_cli/proto_gen/` from `proto/*.proto`.
+"""Generate the Python gRPC stubs in `lipsync_cli/rpc/proto_gen/` from `proto/*.proto`.
 
     python scripts/gen_protos.py            # regenerate the committed stubs
     python scripts/gen_protos.py --out DIR  # generate into DIR (the tests compare it to the committed ones)
@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO_DIR / "proto"
-OUT_DIR = REPO_DIR / "lipsync_cli" / "proto_gen"
+OUT_DIR = REPO_DIR / "lipsync_cli" / "rpc" / "proto_gen"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 INIT_TEXT = '"""Stubs generated from proto/*.proto by scripts/gen_protos.py. Do not edit."""\n'
 

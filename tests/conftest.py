@@ -35,7 +35,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def store(cache_dir):
-    from lipsync_cli.store import ModelStore
+    from lipsync_cli.media.store import ModelStore
 
     return ModelStore(cache_dir=cache_dir)
 

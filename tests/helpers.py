@@ -28,7 +28,7 @@ def assert_clean_error(proc, *needles: str) -> None:
 
 def make_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
     """Write BGR frames as an H.264 MP4 with the project's writer."""
-    from lipsync_cli.video import Mp4Writer
+    from lipsync_cli.media.video import Mp4Writer
 
     h, w = frames[0].shape[:2]
     with Mp4Writer(path, fps=Fraction(fps), width=w, height=h) as writer:

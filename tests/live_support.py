@@ -29,10 +29,10 @@ RUNNER = r"""
 import cv2, av
 import dataclasses, json, sys
 from pathlib import Path
-from lipsync_cli.agent import AgentOptions
+from lipsync_cli.live.agent import AgentOptions
 from lipsync_cli.errors import LipsyncError
-from lipsync_cli.live import LiveOptions, run_live
-from lipsync_cli.store import ModelStore
+from lipsync_cli.live.live import LiveOptions, run_live
+from lipsync_cli.media.store import ModelStore
 
 spec = json.loads(sys.argv[1])
 agent = AgentOptions(**spec.pop("agent")) if spec.get("agent") is not None else None
@@ -210,7 +210,7 @@ def recording(path: Path) -> tuple[list[np.ndarray], np.ndarray, int]:
 def inner_mouth_diff(frame: np.ndarray, model, slot: int) -> float:
     """Mean absolute difference (0-255) of the inner mouth of `frame`, the BGR frame shown for `slot`,
     from the model's own frame ping_pong(slot): near 0 at rest, larger when the mouth is open."""
-    from lipsync_cli.timing import ping_pong
+    from lipsync_cli.core.timing import ping_pong
 
     j = ping_pong(slot, model.n_frames)
     x0, y0, x1, y1 = model.mouth_bounds[j].astype(int)

@@ -16,8 +16,8 @@ from fake_realtime import FakeRealtime
 from helpers import assert_clean_error, run_cli
 from live_support import (best_match, frame_loudness, mouth_change, pulse, recording, screenshot,  # noqa: F401
                           start_session, xvfb)
-from lipsync_cli.agent import REALTIME_RATE_HZ, AnswerAudio, websocket_base_url
-from lipsync_cli.audio import load_audio, resample, to_mono
+from lipsync_cli.live.agent import REALTIME_RATE_HZ, AnswerAudio, websocket_base_url
+from lipsync_cli.media.audio import load_audio, resample, to_mono
 
 LEAD_S = 2.0  # silence before the user speaks: the agent connects meanwhile
 

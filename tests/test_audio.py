@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import write_wav
-from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
 from lipsync_cli.errors import AudioError
 
 

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_cli.cache import crop_region
-from lipsync_cli.compositor import composite, decode_region, feather_mask
+from lipsync_cli.media.cache import crop_region
+from lipsync_cli.core.compositor import composite, decode_region, feather_mask
 
 
 def _frame(h=600, w=800):

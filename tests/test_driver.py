@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SPEECH_16K, SPEECH_44K, SPEECH_48K, espeak_wav, shared
-from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio, resample
-from lipsync_cli.driver import REST, MouthDriver, drive
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio, resample
+from lipsync_cli.core.driver import REST, MouthDriver, drive
 from lipsync_cli.errors import AudioError
-from lipsync_cli.timing import first_sample_of_frame, frame_count
+from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 
 sys.path.insert(0, str(REPO / "bench"))
 import driver_eval  # noqa: E402  (bench/driver_eval.py: the shared measures)

@@ -27,8 +27,8 @@ import pytest
 
 from helpers import make_shadowed_models
 from lipsync_cli.errors import LipsyncError, ServiceError
-from lipsync_cli.http_server import ServeSettings, create_server
-from lipsync_cli.video import Mp4Writer
+from lipsync_cli.web.http_server import ServeSettings, create_server
+from lipsync_cli.media.video import Mp4Writer
 
 FAKE_SECRET_VALUE = "ek_test_0123456789"
 FAKE_EXPIRES_AT = 1_900_000_000
@@ -200,7 +200,7 @@ TRAVERSALS = [
 
 @pytest.mark.parametrize("name", TRAVERSALS)
 def test_traversal_is_refused_and_logged(base_url, name, caplog):
-    caplog.set_level(logging.WARNING, logger="lipsync_cli.http_server")
+    caplog.set_level(logging.WARNING, logger="lipsync_cli.web.http_server")
     status, body = _raw_get(base_url, f"/api/model-video/{name}")
     assert status in (400, 404)
     assert OUTSIDE_BYTES not in body and b"root:" not in body
@@ -400,7 +400,7 @@ def test_server_binds_reports_its_port_and_stops(media):
 SERVE_SCRIPT = """
 import json, sys
 from pathlib import Path
-from lipsync_cli.http_server import ServeSettings
+from lipsync_cli.web.http_server import ServeSettings
 from lipsync_cli.serve import run_serve
 settings = ServeSettings(models_dir=Path(sys.argv[1]), cache_dir=Path(sys.argv[2]), openai_api_key=None)
 run_serve(settings, host="127.0.0.1", port=0, grpc_port=0, on_ready=lambda urls: print(json.dumps(urls), flush=True))

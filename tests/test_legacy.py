@@ -24,13 +24,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO
-from lipsync_cli.audio import SAMPLE_RATE_HZ, resample
-from lipsync_cli.generator import MouthImage, make_generator
-from lipsync_cli.legacy_service import LegacyLipSyncServicer
-from lipsync_cli.proto_gen import lipsync_legacy_pb2, lipsync_pb2, lipsync_pb2_grpc
-from lipsync_cli.service import create_server
-from lipsync_cli.store import ModelStore
-from lipsync_cli.timing import ping_pong
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, resample
+from lipsync_cli.core.generator import MouthImage, make_generator
+from lipsync_cli.rpc.legacy_service import LegacyLipSyncServicer
+from lipsync_cli.rpc.proto_gen import lipsync_legacy_pb2, lipsync_pb2, lipsync_pb2_grpc
+from lipsync_cli.rpc.service import create_server
+from lipsync_cli.media.store import ModelStore
+from lipsync_cli.core.timing import ping_pong
 
 MODEL = "avatar"  # the bundled sample: 200 frames at 25 fps
 TIMEOUT_S = 60  # per call: a hang fails the test instead of stalling it

@@ -18,7 +18,7 @@ from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO, write_wav
 from helpers import assert_clean_error, run_cli
 from live_support import (REPO, best_match, find_in_screen, frame_loudness, mouth_change, pulse, recording,  # noqa: F401
                           screenshot, start_session, xvfb)
-from lipsync_cli.audio import load_audio
+from lipsync_cli.media.audio import load_audio
 from test_render import check_mp4
 
 SPEECH_END_S = 3.2  # samples/speech.wav: speech from 0.3 to 2.6 s, then a pause
@@ -74,7 +74,7 @@ def test_window_shows_the_avatar_speaking_the_file_and_the_record_holds_it(env, 
 
 
 def test_microphone_drives_the_mouth_and_q_quits(env, tmp_path, cache_dir, sample_model):
-    listing = subprocess.run([sys.executable, "-c", "from lipsync_cli.audio_io import list_devices; "
+    listing = subprocess.run([sys.executable, "-c", "from lipsync_cli.live.audio_io import list_devices; "
                               "print([d.name for d in list_devices() if d.inputs])"],
                              env=env, cwd=REPO, capture_output=True, text=True)
     assert "pulse" in listing.stdout or "default" in listing.stdout, listing
@@ -96,7 +96,7 @@ def test_microphone_drives_the_mouth_and_q_quits(env, tmp_path, cache_dir, sampl
 
 
 def _resampled(samples: np.ndarray, rate_hz: int) -> np.ndarray:
-    from lipsync_cli.audio import resample
+    from lipsync_cli.media.audio import resample
 
     return resample(samples, from_rate_hz=16000, to_rate_hz=rate_hz)
 
@@ -108,7 +108,7 @@ def _free_port() -> int:
 
 
 def test_the_session_survives_the_service_going_away(env, tmp_path, store, sample_model):
-    from lipsync_cli.service import create_server
+    from lipsync_cli.rpc.service import create_server
 
     speech = load_audio(SAMPLE_SPEECH).samples
     clip = write_wav(tmp_path / "long.wav", np.concatenate([speech, speech]), 16000)
@@ -171,7 +171,7 @@ def test_cli_live_with_a_server_without_port_is_one_clean_line():
 def test_no_speakers_is_said_once_and_the_session_goes_on(tmp_path, cache_dir):
     env = {**os.environ, "PULSE_SERVER": "unix:/nonexistent"}
     env.pop("DISPLAY", None)
-    outputs = subprocess.run([sys.executable, "-c", "from lipsync_cli.audio_io import list_devices; "
+    outputs = subprocess.run([sys.executable, "-c", "from lipsync_cli.live.audio_io import list_devices; "
                               "print(sum(d.outputs > 0 for d in list_devices()))"],
                              env=env, cwd=REPO, capture_output=True, text=True)
     if outputs.stdout.strip() != "0":

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ
-from lipsync_cli.driver import MouthParams
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ
+from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.errors import GeneratorError
-from lipsync_cli.mouth import lower_face_mask
-from lipsync_cli.generator import AUDIO_WINDOW_SAMPLES
-from lipsync_cli.onnx_generator import (MEL_BANDS, MEL_FRAMES, OnnxGenerator,
+from lipsync_cli.core.mouth import lower_face_mask
+from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES
+from lipsync_cli.core.onnx_generator import (MEL_BANDS, MEL_FRAMES, OnnxGenerator,
                                         face_square, log_mel_window)
 from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO
 
@@ -181,8 +181,8 @@ def test_bad_models_fail_with_one_clear_line(tmp_path, kind, needle):
 
 
 def test_render_end_to_end(tmp_path, store, tiny):
-    from lipsync_cli.pipeline import RenderOptions, render
-    from lipsync_cli.video import probe_video
+    from lipsync_cli.render.pipeline import RenderOptions, render
+    from lipsync_cli.media.video import probe_video
 
     out = tmp_path / "onnx.mp4"
     summary = render(SAMPLE_SPEECH, out, store=store,

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import DRAWN_VIDEO, SAMPLE_VIDEO, SPEAKER_VIDEO, shared
 from helpers import assert_clean_error, make_video, run_cli
-from lipsync_cli.cache import FORMAT_VERSION, REQUIRED_KEYS, cache_path, prepare_model, write_cache
-from lipsync_cli.video import iter_frames
+from lipsync_cli.media.cache import FORMAT_VERSION, REQUIRED_KEYS, cache_path, prepare_model, write_cache
+from lipsync_cli.media.video import iter_frames
 
 
 def _haar_faces(video, step: int, scale: float = 0.5):
@@ -143,7 +143,7 @@ def test_changed_video_is_rebuilt(tmp_path):
 
 def _prepare_in_child(args):
     video, cache = args
-    from lipsync_cli.cache import prepare_model as prep
+    from lipsync_cli.media.cache import prepare_model as prep
 
     return prep(video, cache_dir=cache, force=True).status
 
@@ -188,7 +188,7 @@ def test_bad_inputs_get_one_clear_line_and_leave_no_cache(tmp_path):
 
 
 def test_loaded_models_sit_in_an_lru_with_memory_statistics(tmp_path, cache_dir):
-    from lipsync_cli.store import ModelStore
+    from lipsync_cli.media.store import ModelStore
 
     # three model videos: the sample under three names (same bytes and mtime, so one cache serves all)
     videos = []

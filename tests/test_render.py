@@ -13,11 +13,11 @@ import pytest
 
 from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO, SPEAKER_VIDEO, SPEECH_44K, SPEECH_48K, shared, write_wav
 from helpers import assert_clean_error, run_cli
-from lipsync_cli.audio import load_audio
+from lipsync_cli.media.audio import load_audio
 from lipsync_cli.errors import ServiceError
-from lipsync_cli.pipeline import RenderOptions, render
-from lipsync_cli.timing import ping_pong
-from lipsync_cli.video import iter_frames
+from lipsync_cli.render.pipeline import RenderOptions, render
+from lipsync_cli.core.timing import ping_pong
+from lipsync_cli.media.video import iter_frames
 
 
 def ffprobe(path: Path) -> dict:
@@ -105,7 +105,7 @@ def test_hevc_portrait_speaker_with_stereo_44k_speech(tmp_path, store):
 
 def test_48k_stereo_speech_and_a_separate_server_give_the_same_result(tmp_path, store):
     speech = shared(SPEECH_48K)
-    from lipsync_cli.service import create_server
+    from lipsync_cli.rpc.service import create_server
 
     embedded = tmp_path / "embedded.mp4"
     render(speech, embedded, options=RenderOptions(model=str(SAMPLE_VIDEO)), store=store)
@@ -170,7 +170,7 @@ def test_bad_input_gets_one_line_and_leaves_nothing(tmp_path, cache_dir):
 
 
 def test_a_server_dying_mid_render_leaves_no_file(tmp_path, store):
-    from lipsync_cli.service import create_server
+    from lipsync_cli.rpc.service import create_server
 
     server, port = create_server("127.0.0.1:0", store=store)
     out = tmp_path / "out.mp4"

@@ -20,14 +20,14 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from conftest import REPO, SPEECH_48K, shared
 from helpers import make_shadowed_models
-from lipsync_cli.audio import SAMPLE_RATE_HZ, StreamResampler, resample, to_mono
-from lipsync_cli.client import LipSyncClient, channel_target
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, resample, to_mono
+from lipsync_cli.rpc.client import LipSyncClient, channel_target
 from lipsync_cli.errors import AudioError, ModelNotFoundError, ServiceError
-from lipsync_cli.generator import make_generator
-from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_cli.service import create_server
-from lipsync_cli.store import ModelStore
-from lipsync_cli.timing import first_sample_of_frame, frame_count, ping_pong
+from lipsync_cli.core.generator import make_generator
+from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_cli.rpc.service import create_server
+from lipsync_cli.media.store import ModelStore
+from lipsync_cli.core.timing import first_sample_of_frame, frame_count, ping_pong
 
 MODEL = "avatar"  # the bundled sample answers to its name
 CLIP_S = 3.0  # seconds of real speech per clip: enough for speech and pauses, quick to render
@@ -466,8 +466,8 @@ def test_client_maps_service_errors(service):
 SERVER_SCRIPT = """
 import sys, time
 from pathlib import Path
-from lipsync_cli.service import create_server
-from lipsync_cli.store import ModelStore
+from lipsync_cli.rpc.service import create_server
+from lipsync_cli.media.store import ModelStore
 sys.path.insert(0, {tests!r})
 from test_service import CountingGenerator
 server, port = create_server(store=ModelStore(cache_dir=Path({cache!r})), generator=CountingGenerator(delay_s=0.02))

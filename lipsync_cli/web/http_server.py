@@ -36,9 +36,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lipsync_cli.defaults import DEFAULT_REALTIME_MODEL
 from lipsync_cli.errors import LipsyncError, ModelNotFoundError, ServiceError, VideoError
-from lipsync_cli.models import find_named_model, is_valid_name, served_models
-from lipsync_cli.store import DEFAULT_MODEL_LIMIT, ModelStore
-from lipsync_cli.video import probe_video
+from lipsync_cli.media.models import find_named_model, is_valid_name, served_models
+from lipsync_cli.media.store import DEFAULT_MODEL_LIMIT, ModelStore
+from lipsync_cli.media.video import probe_video
 
 LOG = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 
-from lipsync_cli.audio import float_to_pcm16
+from lipsync_cli.media.audio import float_to_pcm16
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
-from lipsync_cli.generator import MouthGenerator
-from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_cli.service import MAX_MESSAGE_BYTES, create_server
-from lipsync_cli.store import ModelStore
+from lipsync_cli.core.generator import MouthGenerator
+from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_cli.rpc.service import MAX_MESSAGE_BYTES, create_server
+from lipsync_cli.media.store import ModelStore
 
 log = logging.getLogger(__name__)
 

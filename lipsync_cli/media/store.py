@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lipsync_cli.cache import REGION_PX, cache_path, check_cache, prepare_model
+from lipsync_cli.media.cache import REGION_PX, cache_path, check_cache, prepare_model
 from lipsync_cli.errors import CacheError
-from lipsync_cli.models import find_named_model, model_name, resolve_model
+from lipsync_cli.media.models import find_named_model, model_name, resolve_model
 from lipsync_cli.progress import ProgressFn
 
 DEFAULT_MODEL_LIMIT = 5

@@ -34,9 +34,9 @@ from fractions import Fraction
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ, check_samples
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, check_samples
 from lipsync_cli.errors import AudioError
-from lipsync_cli.timing import first_sample_of_frame, frame_count
+from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 
 HOP_MS = 10  # analysis step
 WINDOW_MS = 25  # spectral analysis window, centred on each hop
@@ -273,7 +273,7 @@ class MouthDriver:
         if sample_rate_hz < SAMPLE_RATE_HZ or sample_rate_hz % 100:
             raise AudioError(
                 f"the mouth driver needs at least {SAMPLE_RATE_HZ} Hz in whole hundreds, got {sample_rate_hz} Hz:"
-                " resample first (lipsync_cli.audio.resample)"
+                " resample first (lipsync_cli.media.audio.resample)"
             )
         self.fps = fps
         self.sample_rate_hz = sample_rate_hz

@@ -30,13 +30,13 @@ from pathlib import Path
 import cv2  # noqa: F401  (cv2 before av: a window may open in this process)
 import numpy as np
 
-from lipsync_cli.agent import READ_TIMEOUT_S, AgentOptions, TranscriptFn
-from lipsync_cli.audio_io import MessageFn, MicSource, PacedFile, Speaker
-from lipsync_cli.compositor import paste_reply
+from lipsync_cli.live.agent import READ_TIMEOUT_S, AgentOptions, TranscriptFn
+from lipsync_cli.live.audio_io import MessageFn, MicSource, PacedFile, Speaker
+from lipsync_cli.core.compositor import paste_reply
 from lipsync_cli.errors import AudioError, DeviceError, LipsyncError, ModelNotFoundError, ServiceError
-from lipsync_cli.store import Model, ModelStore
-from lipsync_cli.timing import first_sample_of_frame, frame_count, frame_of_sample, ping_pong
-from lipsync_cli.window import LiveWindow, Overlay, check_display
+from lipsync_cli.media.store import Model, ModelStore
+from lipsync_cli.core.timing import first_sample_of_frame, frame_count, frame_of_sample, ping_pong
+from lipsync_cli.live.window import LiveWindow, Overlay, check_display
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class _LipStream:
                 continue
 
     def _run(self) -> None:
-        from lipsync_cli.client import LipSyncClient
+        from lipsync_cli.rpc.client import LipSyncClient
 
         was_streaming = waiting_said = False
         while not self._stop.is_set():
@@ -247,7 +247,7 @@ class _Recorder:
     """--record: one frame per slot (what was shown), with the played sound, through Mp4Writer."""
 
     def __init__(self, path: Path, model: Model, rate_hz: int):
-        from lipsync_cli.video import Mp4Writer
+        from lipsync_cli.media.video import Mp4Writer
 
         self.fps, self.rate_hz = model.fps, rate_hz
         self.writer = Mp4Writer(path, fps=model.fps, width=model.width, height=model.height,
@@ -376,9 +376,9 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def _open_source(options: LiveOptions, say: MessageFn):
     """(the source that drives the avatar, the user's voice for the agent or None, the speakers or None)."""
-    from lipsync_cli.agent import REALTIME_RATE_HZ, AnswerAudio
-    from lipsync_cli.audio import load_audio, resample, to_mono
-    from lipsync_cli.video import aac_rate_for
+    from lipsync_cli.live.agent import REALTIME_RATE_HZ, AnswerAudio
+    from lipsync_cli.media.audio import load_audio, resample, to_mono
+    from lipsync_cli.media.video import aac_rate_for
 
     def file_at(rate_hz: int | None) -> PacedFile:
         clip = load_audio(options.input)
@@ -419,8 +419,8 @@ def _pump(source, timeline: _Timeline, stop: threading.Event, failures: list[Exc
 
 def check_live(options: LiveOptions) -> None:
     """Fail at once, with one line, where the session could not run: no display, a bad --server, no agent key."""
-    from lipsync_cli.agent import check_agent
-    from lipsync_cli.client import channel_target
+    from lipsync_cli.live.agent import check_agent
+    from lipsync_cli.rpc.client import channel_target
 
     if options.window:
         check_display()
@@ -440,9 +440,9 @@ def run_live(options: LiveOptions, *, store: ModelStore, on_message: MessageFn |
     Everything that can fail for want of a display, key, device, file or model fails before any
     window opens.
     """
-    from lipsync_cli.agent import RealtimeAgent
-    from lipsync_cli.client import embedded_service
-    from lipsync_cli.models import default_model
+    from lipsync_cli.live.agent import RealtimeAgent
+    from lipsync_cli.rpc.client import embedded_service
+    from lipsync_cli.media.models import default_model
 
     started_s = time.monotonic()
     say = on_message or (lambda text: log.info("%s", text))

@@ -16,7 +16,7 @@ from lipsync_cli.errors import ModelNotFoundError
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 # the original system's places, relative to the working directory
 DEFAULT_MODEL_DIRS = ("model_videos", "realtime_lipsync/model_videos", "datasets_test")
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
 SAMPLE_MODEL = SAMPLES_DIR / "avatar.mp4"  # the bundled sample avatar, used when nothing else exists
 MAX_NAME_LENGTH = 128
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

@@ -34,11 +34,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lipsync_cli import face as F
+from lipsync_cli.media import face as F
 from lipsync_cli.errors import CacheError, VideoError
-from lipsync_cli.models import model_name
+from lipsync_cli.media.models import model_name
 from lipsync_cli.progress import ProgressFn, report
-from lipsync_cli.video import iter_frames, probe_video
+from lipsync_cli.media.video import iter_frames, probe_video
 
 FORMAT_VERSION = 1
 REGION_PX = 320  # side of the mouth-region images, as the original service returns them

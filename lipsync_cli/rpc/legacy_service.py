@@ -36,16 +36,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from lipsync_cli.audio import clip_from_samples
-from lipsync_cli.cache import REGION_PX
-from lipsync_cli.driver import REST, MouthParams, drive
+from lipsync_cli.media.audio import clip_from_samples
+from lipsync_cli.media.cache import REGION_PX
+from lipsync_cli.core.driver import REST, MouthParams, drive
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
-from lipsync_cli.generator import MouthGenerator
-from lipsync_cli.models import VIDEO_SUFFIXES
-from lipsync_cli.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc, lipsync_pb2
-from lipsync_cli.service import AddServicer, clip_frames
-from lipsync_cli.store import Model, ModelStore
-from lipsync_cli.timing import ping_pong
+from lipsync_cli.core.generator import MouthGenerator
+from lipsync_cli.media.models import VIDEO_SUFFIXES
+from lipsync_cli.rpc.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc, lipsync_pb2
+from lipsync_cli.rpc.service import AddServicer, clip_frames
+from lipsync_cli.media.store import Model, ModelStore
+from lipsync_cli.core.timing import ping_pong
 
 log = logging.getLogger(__name__)
 

@@ -31,13 +31,13 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from scipy.signal import get_window, lfilter
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ
-from lipsync_cli.cache import REGION_PX, crop_region
-from lipsync_cli.driver import MouthParams
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ
+from lipsync_cli.media.cache import REGION_PX, crop_region
+from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.errors import GeneratorError
-from lipsync_cli.generator import AUDIO_WINDOW_SAMPLES, MouthImage
-from lipsync_cli.mouth import lower_face_mask
-from lipsync_cli.store import Model
+from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES, MouthImage
+from lipsync_cli.core.mouth import lower_face_mask
+from lipsync_cli.media.store import Model
 
 # the mel recipe (docs/onnx-contract.md), with the numbers of Wav2Lip's published hyper-parameters
 MEL_BANDS = 80

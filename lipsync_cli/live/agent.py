@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipsync_cli.audio import float_to_pcm16, pcm_to_float
-from lipsync_cli.audio_io import MessageFn, Ticker, chunk_samples
+from lipsync_cli.media.audio import float_to_pcm16, pcm_to_float
+from lipsync_cli.live.audio_io import MessageFn, Ticker, chunk_samples
 from lipsync_cli.defaults import DEFAULT_REALTIME_MODEL, DEFAULT_VOICE
 from lipsync_cli.errors import AgentError
 
@@ -284,7 +284,7 @@ class RealtimeAgent:
         from openai import OpenAIError
         from websockets.exceptions import WebSocketException
 
-        from lipsync_cli.audio import StreamResampler
+        from lipsync_cli.media.audio import StreamResampler
 
         rate = self.user_audio.rate_hz
         resampler = StreamResampler(from_rate_hz=rate, to_rate_hz=REALTIME_RATE_HZ) if rate != REALTIME_RATE_HZ \

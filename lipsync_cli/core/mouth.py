@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from lipsync_cli import face as F
-from lipsync_cli.driver import MouthParams
-from lipsync_cli.generator import MouthImage
-from lipsync_cli.store import Model
+from lipsync_cli.media import face as F
+from lipsync_cli.core.driver import MouthParams
+from lipsync_cli.core.generator import MouthImage
+from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
 DEFAULT_MAX_OPEN = 0.17  # a plausible full opening for a person whose video never opens

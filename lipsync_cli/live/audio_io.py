@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipsync_cli.errors import DeviceError
-from lipsync_cli.video import aac_rate_for
+from lipsync_cli.media.video import aac_rate_for
 
 log = logging.getLogger(__name__)
 

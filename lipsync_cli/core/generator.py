@@ -4,10 +4,10 @@ region image and where it goes.
 The service holds one generator and opens a `GeneratorStream` per client stream (streams may keep
 temporal state, such as which source mouth was used last). Two kinds exist:
 
-- `own` (the default, `lipsync_cli.mouth`): the avatar's own mouth, taken from the frames of its
+- `own` (the default, `lipsync_cli.core.mouth`): the avatar's own mouth, taken from the frames of its
   video that match the wanted opening and aligned onto the current frame, warped and with the
   inner mouth drawn where the video never opens that wide. No weights.
-- `onnx` (`lipsync_cli.onnx_generator`): a user's own neural network, see docs/onnx-contract.md.
+- `onnx` (`lipsync_cli.core.onnx_generator`): a user's own neural network, see docs/onnx-contract.md.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Protocol
 
 import numpy as np
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ
-from lipsync_cli.driver import MouthParams
-from lipsync_cli.store import Model
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ
+from lipsync_cli.core.driver import MouthParams
+from lipsync_cli.media.store import Model
 
 AUDIO_WINDOW_MS = 200  # audio around each frame handed to generators that want it (the ONNX one)
 AUDIO_WINDOW_SAMPLES = SAMPLE_RATE_HZ * AUDIO_WINDOW_MS // 1000  # 3200 samples at 16 kHz
@@ -50,11 +50,11 @@ class MouthGenerator(Protocol):
 def make_generator(kind: str = "own", *, onnx_path: Path | None = None) -> MouthGenerator:
     """The generator called `kind` ("own" or "onnx")."""
     if kind == "own":
-        from lipsync_cli.mouth import OwnMouthGenerator
+        from lipsync_cli.core.mouth import OwnMouthGenerator
 
         return OwnMouthGenerator()
     if kind == "onnx":
-        from lipsync_cli.onnx_generator import OnnxGenerator
+        from lipsync_cli.core.onnx_generator import OnnxGenerator
 
         return OnnxGenerator(onnx_path)
     raise ValueError(f"unknown generator {kind!r}: use 'own' or 'onnx'")

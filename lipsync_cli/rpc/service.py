@@ -26,15 +26,15 @@ import scipy.signal  # noqa: F401  (resampling: loaded (~0.7 s) with the server,
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ, StreamResampler, check_samples, pcm_to_float, resample, to_mono
-from lipsync_cli.driver import MouthDriver, MouthParams, drive
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, check_samples, pcm_to_float, resample, to_mono
+from lipsync_cli.core.driver import MouthDriver, MouthParams, drive
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
-from lipsync_cli.generator import AUDIO_WINDOW_SAMPLES, GeneratorStream, MouthGenerator, make_generator
-from lipsync_cli.models import served_models
-from lipsync_cli.proto_gen import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_cli.store import Model, ModelStore
-from lipsync_cli.timing import first_sample_of_frame, frame_centre_sample, ping_pong
-from lipsync_cli.video import probe_video
+from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES, GeneratorStream, MouthGenerator, make_generator
+from lipsync_cli.media.models import served_models
+from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_cli.media.store import Model, ModelStore
+from lipsync_cli.core.timing import first_sample_of_frame, frame_centre_sample, ping_pong
+from lipsync_cli.media.video import probe_video
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from typing import Iterator
 
 import numpy as np
 
-from lipsync_cli.audio import SAMPLE_RATE_HZ, load_audio, resample
-from lipsync_cli.compositor import paste_reply
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio, resample
+from lipsync_cli.core.compositor import paste_reply
 from lipsync_cli.errors import AudioError, ServiceError
-from lipsync_cli.models import default_model
+from lipsync_cli.media.models import default_model
 from lipsync_cli.progress import ProgressFn, report
-from lipsync_cli.store import Model, ModelStore
-from lipsync_cli.timing import first_sample_of_frame, frame_count
-from lipsync_cli.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, aac_rate_for, check_output_path
+from lipsync_cli.media.store import Model, ModelStore
+from lipsync_cli.core.timing import first_sample_of_frame, frame_count
+from lipsync_cli.media.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, aac_rate_for, check_output_path
 
 
 COMPOSE_AHEAD_FRAMES = 4  # frames decoded and composited ahead of the encoder
@@ -63,8 +63,8 @@ def _service_target(options: RenderOptions, store: ModelStore):
     if options.server:
         yield options.server
         return
-    from lipsync_cli.client import embedded_service
-    from lipsync_cli.generator import make_generator
+    from lipsync_cli.rpc.client import embedded_service
+    from lipsync_cli.core.generator import make_generator
 
     generator = make_generator(options.generator, onnx_path=options.onnx_path)
     with embedded_service(store, generator) as target:
@@ -96,7 +96,7 @@ def _composed(model: Model, replies: Iterator) -> Iterator[tuple[object, np.ndar
 def render(audio_path: Path, output: Path, *, options: RenderOptions, store: ModelStore,
            progress: ProgressFn | None = None) -> RenderSummary:
     """Render `audio_path` spoken by the model into the MP4 `output` (atomically)."""
-    from lipsync_cli.client import LipSyncClient
+    from lipsync_cli.rpc.client import LipSyncClient
 
     progress = report(progress)
     output = Path(output)

@@ -1,0 +1,1 @@
+"""`lipsync render`: speech files in, finished MP4s out."""

@@ -1,0 +1,1 @@
+"""The HTTP layer of `lipsync serve`: model videos, the token endpoint, the page."""
