@@ -32,7 +32,7 @@ from fake_realtime import FakeRealtime  # noqa: E402
 from live_support import inner_mouth_diff  # noqa: E402
 from lipsync_cli.live.agent import REALTIME_RATE_HZ, AgentOptions  # noqa: E402
 from lipsync_cli.media.audio import load_audio, resample, to_mono  # noqa: E402
-from lipsync_cli.live.live import LiveOptions, run_live  # noqa: E402
+from lipsync_cli.live.session import LiveOptions, run_live  # noqa: E402
 from lipsync_cli.media.store import ModelStore  # noqa: E402
 
 OPEN_MOUTH_DIFF = 6.0  # mean abs difference of the inner mouth from the model's own that counts as open

@@ -10,6 +10,13 @@ second. Printed per recording:
 - open_p95_step: 95th percentile of |open[i+1] - open[i]|, and the same over the 99th percentile
   of open (`rel`: people stay under about 1/3)
 - silence_closed: share of mid-silence frames with the mouth shut (open < 0.05)
+- jumpiness: the judge's (bench/judge.py) on `open`: p95 of |open[i+1] - open[i]| over the clip's
+  range of open (p95 - p5); people filmed talking 0.20-0.35, goal <= 0.35
+- closed_in_silence: the judge's: among frames whose 300-3400 Hz band RMS is more than 35 dB below
+  the loudest frame's, the share with open at or under the clip's 40th percentile of open (at or
+  under, not under: a driver's rest is exactly 0.0 where a rendered gap has noise); goal >= 0.9
+- auc_judge / auc_best_lag: the judge's viseme AUC (its open vowels add EY) at lag 0, and the lag
+  in -5..5 frames (positive: the mouth moved later) where it peaks; goal >= 0.85 and |lag| <= 1
 - best_offset_frames: lag of the best correlation between open and the audio level (0 = in sync,
   negative = the mouth leads)
 - closed_near_pbm: share of closed frames within a frame of a P/B/M label
@@ -29,6 +36,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import butter, sosfilt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,6 +52,13 @@ BILABIALS = frozenset({"P", "B", "M"})
 SILENCE = "SIL"
 PHONE_RATE_HZ = 100  # pocketsphinx segment times are in 10 ms frames
 SHUT_OPEN = 0.05  # an `open` below this counts as a shut mouth
+# the judge's definitions (bench/judge.py, issue 12), here on `open` instead of a rendered lip gap
+JUDGE_OPEN_VOWELS = OPEN_VOWELS | {"EY"}
+JUDGE_MAX_LAG_FRAMES = 5
+SILENCE_BELOW_PEAK_DB = 35.0  # a frame this far under the clip's loudest is silence
+SILENCE_BAND_HZ = (300, 3400)  # ... measured in this band
+RMS_FLOOR = 1e-4
+CLOSED_PERCENTILE = 40  # in silence the mouth should be at or under this percentile of open
 CHUNK_MS = 20  # push size for the cost figure, like a live microphone
 
 
@@ -102,6 +117,43 @@ def open_auc(opens: np.ndarray, labels: list[str | None]) -> float:
     return auc(opens[vowel], opens[bilabial])
 
 
+def jumpiness(opens: np.ndarray) -> float:
+    """The judge's jumpiness of (n,) per-frame openings: p95 of the frame-to-frame step over p95 - p5."""
+    lo, hi = np.percentile(opens, [5, 95])
+    return float(np.percentile(np.abs(np.diff(opens)), 95) / max(hi - lo, 1e-9))
+
+
+def band_level_db(samples: np.ndarray, n_frames: int, *, fps: Fraction) -> np.ndarray:
+    """(n_frames,) RMS of the 300-3400 Hz band of (n,) float32 16 kHz mono audio per frame, dB (floor 1e-4)."""
+    band = sosfilt(butter(4, SILENCE_BAND_HZ, btype="bandpass", fs=SAMPLE_RATE_HZ, output="sos"),
+                   samples.astype(np.float64))
+    edges = [first_sample_of_frame(i, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ) for i in range(n_frames + 1)]
+    rms = [float(np.sqrt(np.mean(band[a:b] ** 2))) if b > a else 0.0 for a, b in zip(edges, edges[1:])]
+    return 20 * np.log10(np.maximum(rms, RMS_FLOOR))
+
+
+def closed_in_silence(samples: np.ndarray, opens: np.ndarray, *, fps: Fraction) -> float:
+    """The judge's closed-in-silence share on (n,) per-frame openings (see the module docstring)."""
+    level = band_level_db(samples, len(opens), fps=fps)
+    silent = level < level.max() - SILENCE_BELOW_PEAK_DB
+    if not silent.any():
+        return float("nan")
+    return float(np.mean(opens[silent] <= np.percentile(opens, CLOSED_PERCENTILE)))
+
+
+def judge_auc_by_lag(opens: np.ndarray, labels: list[str | None]) -> dict[int, float]:
+    """The judge's viseme AUC with the mouth moved `lag` frames later than the labels, lag -5..5."""
+    vowel = np.array([lab in JUDGE_OPEN_VOWELS for lab in labels])
+    bilabial = np.array([lab in BILABIALS for lab in labels])
+    out = {}
+    for lag in range(-JUDGE_MAX_LAG_FRAMES, JUDGE_MAX_LAG_FRAMES + 1):
+        # label i is compared with the mouth of frame i + lag
+        idx = np.arange(len(labels)) + lag
+        ok = (idx >= 0) & (idx < len(opens))
+        out[lag] = auc(opens[idx[ok & vowel]], opens[idx[ok & bilabial]])
+    return out
+
+
 def best_offset_frames(samples: np.ndarray, opens: np.ndarray, *, fps: Fraction, max_lag: int = 4) -> int:
     """The lag (frames) at which open best follows the audio level; negative: the mouth leads."""
     edges = [first_sample_of_frame(i, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ) for i in range(len(opens) + 1)]
@@ -140,12 +192,17 @@ def evaluate(samples: np.ndarray, *, fps: Fraction, phones: list[Phone] | None =
     silent = np.array([lab == SILENCE for lab in labels_mid])
     near_pbm = [any(lab in BILABIALS for lab in labels_all[max(0, i - 1):i + 2]) for i in np.flatnonzero(closed)]
     quiet = np.array([p.open for p in drive(samples * np.float32(0.1), fps=fps)])
+    by_lag = judge_auc_by_lag(opens, labels_all)
     return {
         "auc": open_auc(opens, labels_all),
         "auc_mid": open_auc(opens, labels_mid),
         "open_p95_step": float(np.percentile(steps, 95)),
         "open_p95_step_rel": float(np.percentile(steps, 95) / max(np.percentile(opens, 99), 1e-6)),
         "silence_closed": float((opens[silent] < SHUT_OPEN).mean()) if silent.any() else float("nan"),
+        "jumpiness": jumpiness(opens),
+        "closed_in_silence": closed_in_silence(samples, opens, fps=fps),
+        "auc_judge": by_lag[0],
+        "auc_best_lag": max(by_lag, key=lambda k: (by_lag[k], -abs(k))),
         "best_offset_frames": best_offset_frames(samples, opens, fps=fps),
         "closed_near_pbm": float(np.mean(near_pbm)) if near_pbm else float("nan"),
         "gain_-20dB_mean": float(np.abs(quiet - opens).mean()),

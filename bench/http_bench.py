@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 from common import SPEAKER_VIDEO, need
-from lipsync_cli.web.http_server import ServeSettings, create_server
+from lipsync_cli.media.store import ModelStore
+from lipsync_cli.web.http_server import create_server
+from lipsync_cli.web.options import HttpOptions
 
 DEFAULT_CLIENTS = 32
 DEFAULT_REQUESTS = 1500
@@ -161,7 +163,7 @@ def main() -> None:
     load = (args.clients, args.requests, args.max_seconds, args.range_bytes)
     rounds: dict[str, list[dict]] = {"lipsync": [], "nginx": []}
     with contextlib.ExitStack() as stack:
-        server, port = create_server(ServeSettings(models_dir=video.parent, openai_api_key=None), port=0)
+        server, port = create_server(ModelStore(models_dir=video.parent), HttpOptions(openai_api_key=None), port=0)
         stack.callback(server.stop)
         targets = {"lipsync": (port, f"/api/model-video/{video.stem}")}
         if Path(args.nginx).is_file():

@@ -24,7 +24,7 @@ import numpy as np
 
 from common import SAMPLE_VIDEO, SPEECH_20S, need
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
-from lipsync_cli.live.live import LiveOptions, run_live
+from lipsync_cli.live.session import LiveOptions, run_live
 from lipsync_cli.media.store import ModelStore
 
 

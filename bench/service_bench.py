@@ -2,13 +2,15 @@
 
     python bench/service_bench.py [--model avatar] [--audio SPEECH.wav] [--repeat 3]
 
-Prints, with a baseline measured in the same run (JPEG-encoding the model's own mouth regions, the
-least any service must do per frame):
+Prints, with two baselines measured in the same run (JPEG-encoding the model's own mouth regions,
+the least any service must do per frame; and `engine.render_clip` in this process, the same work
+without gRPC or JPEG, so the difference is what the wire costs):
 
 - mouth frames per second of RenderClip with 1 and 2 concurrent calls on one server process
   (threads), and on two server processes behind one round-robin client; per core as well, both
   as wall-clock frames/s over the cores used and as frames per second of the servers' CPU time
-  (which other work on a shared machine does not distort). Goal: >= 300 frames/s on 2 cores.
+  (which other work on a shared machine does not distort). Goal: >= 300 frames/s on 2 cores. The
+  client decodes every JPEG back to an array (it hands out `engine.MouthFrame`s), in this process.
 - live latency per 40 ms chunk of StreamAudio, fed in real time: from sending a chunk to receiving
   the frame it completed, p50 and p95. Goal: p95 < 15 ms.
 
@@ -30,10 +32,12 @@ import numpy as np
 import psutil
 
 from common import REPO, SHARED_DATA
+from lipsync_cli.core.engine import render_clip
+from lipsync_cli.core.generators import make_generator
 from lipsync_cli.media.audio import load_audio
-from lipsync_cli.rpc.client import LipSyncClient
-from lipsync_cli.rpc.service import JPEG_QUALITY
 from lipsync_cli.media.store import ModelStore
+from lipsync_cli.rpc.client import LipSyncClient
+from lipsync_cli.rpc.service import JPEG_QUALITY, create_server
 
 DEFAULT_AUDIO = SHARED_DATA / "speech_48k_stereo_8s.wav"
 FALLBACK_AUDIO = REPO / "samples" / "speech.wav"
@@ -44,8 +48,6 @@ GOAL_P95_MS = 15.0
 
 def _serve(cache_dir: str | None, ports: mp.Queue, stop: mp.Event) -> None:
     """A server process: one service on a free loopback port until `stop` is set."""
-    from lipsync_cli.rpc.service import create_server
-
     server, port = create_server(store=ModelStore(cache_dir=Path(cache_dir) if cache_dir else None))
     ports.put(port)
     stop.wait()
@@ -85,6 +87,16 @@ def jpeg_baseline(model, repeat: int) -> float:
         for region in regions:
             cv2.imencode(".jpg", region, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     return repeat * len(regions) / (time.perf_counter() - start)
+
+
+def engine_baseline(model, audio, repeat: int) -> float:
+    """Frames per second of `engine.render_clip` in this process (one thread, no gRPC, no JPEG)."""
+    generator = make_generator()
+    sum(1 for _ in render_clip(model, audio.samples, generator=generator))  # warm: generator profile
+    start, frames = time.perf_counter(), 0
+    for _ in range(repeat):
+        frames += sum(1 for _ in render_clip(model, audio.samples, generator=generator))
+    return frames / (time.perf_counter() - start)
 
 
 def clip_throughput(servers: Servers, model: str, audio, calls: int, repeat: int) -> tuple[float, float]:
@@ -149,6 +161,8 @@ def main() -> None:
 
     baseline = jpeg_baseline(model, args.repeat)
     print(f"baseline: JPEG-encode the 320x320 regions: {baseline:.0f} frames/s on 1 core")
+    print(f"baseline: engine.render_clip in process: {engine_baseline(model, audio, args.repeat):.0f} frames/s "
+          "on 1 core")
     print(f"{'RenderClip':<44}{'frames/s':>10}{'per core':>10}{'per CPU-s':>11}{'x baseline':>12}")
     for label, processes, calls in (("1 server process, 1 call", 1, 1),
                                     ("1 server process, 2 calls (threads)", 1, 2),

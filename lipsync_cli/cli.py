@@ -20,6 +20,7 @@ from lipsync_cli.defaults import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_
                                    DEFAULT_VOICE)
 from lipsync_cli.errors import LipsyncError
 from lipsync_cli.media.store import DEFAULT_MODEL_LIMIT
+from lipsync_cli.web.options import DEFAULT_TOKEN_RATE_PER_MIN, MAX_TOKEN_RATE_PER_MIN, HttpOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Make an avatar video speak: lip-sync speech onto a model video.")
@@ -89,8 +90,19 @@ def prepare(
 
 @app.command()
 def render(
-    audio: Path = typer.Argument(..., help="Speech: WAV (any rate, channels, sample type), FLAC, OGG, MP3, M4A."),
-    output: Path = typer.Option(..., "-o", "--output", help="The MP4 to write (H.264 + AAC)."),
+    audio: List[Path] = typer.Argument(None, help="Speech: WAV (any rate, channels, sample type), FLAC, OGG, MP3, "
+                                       "M4A. One file with -o, or several with --output-dir."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="The MP4 to write (H.264 + AAC)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Batch: write NAME.mp4 here for each "
+                                              "input NAME.wav (made if missing)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Batch: the jobs, as CSV (columns audio, "
+                                            "model, output) or JSON Lines (one object a line, same keys)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Batch: render again the jobs whose output exists "
+                                   "(default: skip them)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Batch: render this many at once, in "
+                                       "as many local worker processes."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Batch: run the jobs on a Dask cluster, "
+                                          "given its scheduler (tcp://HOST:8786)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or video path "
                                         "(default: the only model found, else the bundled sample)."),
     server: Optional[str] = typer.Option(None, "--server", help="A running lip-sync service: HOST:PORT, "
@@ -103,19 +115,68 @@ def render(
     crf: int = typer.Option(20, "--crf", min=0, max=51, help="H.264 quality: lower is better."),
     preset: str = typer.Option("veryfast", "--preset", help="x264 preset (ultrafast ... veryslow)."),
 ) -> None:
-    """Render AUDIO spoken by the avatar into a finished MP4."""
+    """Render AUDIO spoken by the avatar into a finished MP4 (or many: --output-dir, --manifest)."""
     from lipsync_cli.render.pipeline import RenderOptions, render as run_render
 
     options = RenderOptions(model=model, server=server, preset=preset, crf=crf,
                             generator="onnx" if onnx else "own", onnx_path=onnx)
+    audio = list(audio or [])
+    if output_dir or manifest or jobs or cluster or len(audio) != 1 or output is None:
+        _render_batch(audio, output, output_dir=output_dir, manifest=manifest, overwrite=overwrite, workers=jobs,
+                      cluster=cluster, options=options, models_dir=models_dir, cache_dir=cache_dir)
+        return
     with progress_bar() as progress:
         store = _store(models_dir, cache_dir, progress)
-        summary = run_render(audio, output, options=options, store=store, progress=progress)
+        summary = run_render(audio[0], output, options=options, store=store, progress=progress)
     fallback = f", [yellow]{summary.fallbacks} frames left untouched[/]" if summary.fallbacks else ""
     out.print(f"[green]{summary.output}[/]: {summary.frames} frames ({summary.duration_s:.2f} s, "
               f"{summary.width}x{summary.height}) of {summary.model}, {summary.speech_frames} with speech, "
               f"rendered in {summary.seconds:.1f} s ({summary.speed_x:.2f}x real time){fallback}")
 
+
+def _render_batch(audio: list[Path], output: Optional[Path], *, output_dir: Optional[Path],
+                  manifest: Optional[Path], overwrite: bool, workers: Optional[int], cluster: Optional[str],
+                  options, models_dir: Optional[Path], cache_dir: Optional[Path]) -> None:
+    """`render` with many inputs: check the form, plan, run, print each output and the failures last."""
+    from lipsync_cli.render.batch import BatchOptions, run_batch
+    from lipsync_cli.render.jobs import Job, jobs_for_inputs, read_manifest
+
+    if manifest and audio:
+        raise LipsyncError("give the audio files or --manifest, not both")
+    if not manifest and not audio:
+        raise LipsyncError("give the speech files to render (or --manifest JOBS.csv)")
+    if output is not None and (manifest or output_dir or len(audio) > 1):
+        raise LipsyncError("-o names the output of one input; for several use --output-dir DIR")
+    if workers is not None and cluster is not None:
+        raise LipsyncError("--jobs runs a local cluster and --cluster uses yours: give one of them")
+    if manifest:
+        job_list = read_manifest(manifest, output_dir=output_dir)
+    elif output is not None:
+        job_list = [Job(audio=audio[0], output=output)]
+    elif output_dir is not None:
+        job_list = jobs_for_inputs(audio, output_dir)
+    else:
+        raise LipsyncError("name where the video goes: -o OUT.mp4 for one input, --output-dir DIR for several")
+    batch = BatchOptions(render=options, overwrite=overwrite, workers=workers, cluster=cluster, cache_dir=cache_dir)
+
+    def written(result) -> None:
+        if result.ok:
+            where = f" on {result.worker}" if result.worker else ""
+            out.print(f"[green]{result.job.output}[/]: {result.frames} frames ({result.duration_s:.2f} s) rendered "
+                      f"in {result.seconds:.1f} s{where}", highlight=False)
+
+    with progress_bar() as progress:
+        report = run_batch(job_list, options=batch, store=_store(models_dir, cache_dir, progress),
+                           progress=progress, on_result=written)
+    skipped = (f", {len(report.skipped)} skipped (their output exists; --overwrite renders them again)"
+               if report.skipped else "")
+    out.print(f"{len(report.written)} of {len(job_list)} written{skipped}, {len(report.failed)} failed",
+              highlight=False)
+    for result in report.failed:
+        console.print(f"[red]failed[/] {result.job.source or result.job.audio} -> {result.job.output}: "
+                      f"{result.error}", highlight=False)
+    if report.failed:
+        raise LipsyncError(f"{len(report.failed)} of {len(job_list)} jobs failed (listed above)")
 
 @app.command()
 def serve(
@@ -129,17 +190,18 @@ def serve(
     token_secret: Optional[str] = typer.Option(None, "--token-secret", envvar="LIPSYNC_TOKEN_SECRET",
                                                help="A shared secret callers of /api/token must present."),
     max_models: int = typer.Option(DEFAULT_MODEL_LIMIT, "--max-models", min=1, help="Models kept loaded at once (LRU)."),
+    token_rate: int = typer.Option(DEFAULT_TOKEN_RATE_PER_MIN, "--token-rate", min=0, max=MAX_TOKEN_RATE_PER_MIN,
+                                   help="Token requests one client (IP address) may make per minute; 0: no limit."),
 ) -> None:
     """Serve the model videos, the OpenAI token endpoint and the gRPC lip-sync service."""
     import logging
 
-    from lipsync_cli.web.http_server import ServeSettings
-    from lipsync_cli.serve import run_serve
+    from lipsync_cli.serve import ServeSettings, run_serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ServeSettings(models_dir=models_dir, cache_dir=cache_dir, allowed_origins=tuple(allow_origin),
-                             max_models=max_models,
-                             **({"token_secret": token_secret} if token_secret else {}))
+    http = HttpOptions(allowed_origins=tuple(allow_origin), token_rate_per_min=token_rate,
+                       **({"token_secret": token_secret} if token_secret else {}))
+    settings = ServeSettings(models_dir=models_dir, cache_dir=cache_dir, max_models=max_models, http=http)
 
     def ready(urls: dict[str, str]) -> None:
         out.print(f"web page and HTTP API: [bold]{urls['http']}[/]\ngRPC lip-sync service: [bold]{urls['grpc']}[/]"
@@ -176,7 +238,7 @@ def live(
     from lipsync_cli.live.agent import DEFAULT_INSTRUCTIONS, AgentOptions
     from lipsync_cli.live.audio_io import list_devices as audio_devices
     from lipsync_cli.errors import AgentError
-    from lipsync_cli.live.live import LiveOptions, check_live, run_live
+    from lipsync_cli.live.session import LiveOptions, check_live, run_live
     from lipsync_cli.media.models import default_model
 
     if list_devices:
@@ -220,6 +282,44 @@ def live(
     fallback = f", [yellow]{summary.fallbacks} shown untouched[/] (unusable mouth image)" if summary.fallbacks else ""
     out.print(f"{summary.frames_shown} frames shown ({summary.idle_frames} idle), {summary.frames_dropped} dropped, "
               f"{latency}, {summary.reconnects} reconnects, {summary.seconds:.1f} s{fallback}{saved}")
+
+
+@app.command()
+def check(
+    video: Path = typer.Argument(..., help="A talking-head video: any file FFmpeg reads."),
+    audio: Optional[Path] = typer.Argument(None, help="The sound to check it against (default: the video's "
+                                           "own sound track)."),
+    max_seconds: float = typer.Option(60.0, "--max-seconds", min=1.0, help="Measure only the first this "
+                                      "many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on one line."),
+) -> None:
+    """Measure how far the mouth in VIDEO is from its sound (A/V sync), in frames and ms."""
+    import json
+    from dataclasses import asdict
+
+    from lipsync_cli.analysis.avsync import SyncOptions, measure_sync
+
+    with progress_bar() as progress:
+        report = measure_sync(video, audio, options=SyncOptions(max_seconds=max_seconds), progress=progress)
+    if as_json:
+        fields = {**asdict(report), "in_sync": report.in_sync, "reliable": report.reliable,
+                  "correlations": [c if c == c else None for c in report.correlations]}  # NaN is not JSON
+        print(json.dumps(fields, separators=(",", ":")))
+        return
+    when = (f"in step with its sound ({report.offset_ms:+.0f} ms)" if report.offset_frames == 0 else
+            f"{abs(report.offset_frames)} frame{'s' if abs(report.offset_frames) > 1 else ''} "
+            f"({abs(report.offset_ms):.0f} ms) "
+            f"{'after' if report.offset_frames > 0 else 'before'} its sound")
+    out.print(f"{video}: the mouth is {when} ({report.frames} frames at {report.fps:g} fps, "
+              f"{report.speech_frames} with speech, face found in {100 * report.face_found:.0f}%, "
+              f"peak correlation {report.peak_correlation:.2f}, margin {report.margin:.2f})", highlight=False)
+    if not report.reliable:
+        console.print("[yellow]weak match[/]: the mouth barely follows this sound; is it the right sound, "
+                      "and is the face talking?", highlight=False)
+    if not report.in_sync:
+        fix = "delay" if report.offset_ms > 0 else "advance"
+        console.print(f"[yellow]out of sync[/]: by more than one frame; {fix} the sound by "
+                      f"{abs(report.offset_ms):.0f} ms to fix it", highlight=False)
 
 
 def main() -> None:

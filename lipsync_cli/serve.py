@@ -1,4 +1,9 @@
-"""`lipsync serve`: the HTTP server and the gRPC LipSync service in one process, until interrupted."""
+"""`lipsync serve`: the HTTP server and the gRPC LipSync service in one process, until interrupted.
+
+`ServeSettings` says what to serve; `run_serve` builds the process's one ModelStore (and one
+mouth generator) and hands it to both servers, so a model loaded for a gRPC call is the one the
+HTTP side reports on, and `--max-models` bounds the memory of the whole process.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,18 @@ import logging
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
+from lipsync_cli.core.generators import make_generator
 from lipsync_cli.defaults import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT
-from lipsync_cli.core.generator import make_generator
-from lipsync_cli.web.http_server import ServeSettings, create_server, is_loopback
+from lipsync_cli.errors import LipsyncError
+from lipsync_cli.media.store import DEFAULT_MODEL_LIMIT, ModelStore
 from lipsync_cli.rpc.legacy_service import add_legacy_service
 from lipsync_cli.rpc.service import create_server as create_grpc_server
-from lipsync_cli.media.store import ModelStore
+from lipsync_cli.web.http_server import create_server, is_loopback
+from lipsync_cli.web.options import HttpOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -21,6 +30,24 @@ GRPC_GRACE_S = 2.0  # open streams get this long to finish on shutdown
 
 # {"http": "http://127.0.0.1:3000/", "grpc": "127.0.0.1:50051"}, with the ports really bound
 ReadyFn = Callable[[dict[str, str]], None]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `lipsync serve` serves; validated here, once."""
+
+    # searched for model names before the original system's folders; None: only those
+    models_dir: Path | None = None
+    # where model caches live; None: the default cache folder
+    cache_dir: Path | None = None
+    # models kept loaded at once by the one store both servers share (least recently used dropped)
+    max_models: int = DEFAULT_MODEL_LIMIT
+    # CORS and the token endpoint's guards (its defaults read OPENAI_API_KEY, LIPSYNC_TOKEN_SECRET)
+    http: HttpOptions = field(default_factory=HttpOptions)
+
+    def __post_init__(self) -> None:
+        if self.max_models < 1:
+            raise LipsyncError(f"at least one model must stay loaded, not {self.max_models}")
 
 
 def _host_port(host: str, port: int) -> str:
@@ -50,16 +77,17 @@ def run_serve(settings: ServeSettings, *, host: str = DEFAULT_HOST, port: int = 
     error. Raises ServiceError when a port cannot be bound.
     """
     stop = stop or threading.Event()
-    if not is_loopback(host) and settings.openai_api_key and settings.token_secret is None:
+    if not is_loopback(host) and settings.http.openai_api_key and settings.http.token_secret is None:
         LOG.warning("serving on %s with no token secret: anyone who can reach it can mint OpenAI client "
                     "secrets on this server's key; set --token-secret or LIPSYNC_TOKEN_SECRET", host)
+    # the process's one store: the gRPC services load models into it, the HTTP side reads from it
     store = ModelStore(cache_dir=settings.cache_dir, models_dir=settings.models_dir, limit=settings.max_models)
     # one generator behind both APIs: ours and the original system's, on the same port
     generator = make_generator()
     grpc_server, bound_grpc_port = create_grpc_server(_host_port(host, grpc_port), store=store, generator=generator,
                                                       extra_servicers=[add_legacy_service(store, generator)])
     try:
-        http_server, bound_http_port = create_server(settings, host=host, port=port)
+        http_server, bound_http_port = create_server(store, settings.http, host=host, port=port)
         try:
             if on_ready is not None:
                 on_ready({"http": f"http://{_host_port(host, bound_http_port)}/",

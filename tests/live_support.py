@@ -31,7 +31,7 @@ import dataclasses, json, sys
 from pathlib import Path
 from lipsync_cli.live.agent import AgentOptions
 from lipsync_cli.errors import LipsyncError
-from lipsync_cli.live.live import LiveOptions, run_live
+from lipsync_cli.live.session import LiveOptions, run_live
 from lipsync_cli.media.store import ModelStore
 
 spec = json.loads(sys.argv[1])
@@ -243,3 +243,25 @@ def best_match(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, float]:
     ncc = np.where(energy > 1e-3 * norm, corr / np.maximum(energy * norm, 1e-12), 0.0)
     k = int(np.argmax(ncc))
     return k, float(ncc[k])
+
+
+MAX_LAG_FRAMES = 8
+
+
+def mouth_lag_frames(frames: list[np.ndarray], audio: np.ndarray, rate_hz: int, model, fps: int = 25
+                     ) -> tuple[int, float]:
+    """(lag, correlation): how many frames the mouth trails its sound in a recording (negative: it leads),
+    from the best correlation, over lags -MAX_LAG_FRAMES..MAX_LAG_FRAMES, of how far the inner mouth
+    is from the model's own (`mouth_change`: it opens) with the sound's per-frame RMS. (The darkness
+    inside the mouth hardly moves on the sample avatar; its change from the model's own does.)"""
+    mouth = mouth_change(frames, model)
+    loud = frame_loudness(audio, rate_hz, len(frames), fps)
+    best = (0, -2.0)
+    for lag in range(-MAX_LAG_FRAMES, MAX_LAG_FRAMES + 1):
+        a = mouth[max(0, lag): len(mouth) + min(0, lag)]  # mouth at k + lag
+        b = loud[max(0, -lag): len(loud) - max(0, lag)]  # sound at k
+        if a.std() > 0 and b.std() > 0:
+            r = float(np.corrcoef(a, b)[0, 1])
+            if r > best[1]:
+                best = (lag, r)
+    return best

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import write_wav
-from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
+from conftest import SPEECH_48K, shared, write_wav
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, load_audio, resample, to_mono
 from lipsync_cli.errors import AudioError
 
 
@@ -58,3 +58,31 @@ def test_a_text_file_is_refused(tmp_path):
     text.write_text("hello\n" * 100)
     with pytest.raises(AudioError, match="not a readable audio file"):
         load_audio(text)
+
+
+def _stream(resampler: StreamResampler, samples: np.ndarray, chunk: int) -> np.ndarray:
+    parts = [resampler.push(samples[i:i + chunk]) for i in range(0, len(samples), chunk)]
+    return np.concatenate([*parts, resampler.flush()])
+
+
+@pytest.mark.parametrize("rate_hz", [48000, 44100, 22050, 8000])
+def test_the_stream_resampler_ignores_chunking_and_matches_the_clip_resampler(rate_hz):
+    import soundfile as sf
+
+    samples, file_rate_hz = sf.read(str(shared(SPEECH_48K)), dtype="float32", always_2d=True)
+    speech = to_mono(samples[:2 * file_rate_hz + 123])  # an odd length: the ends must line up too
+    mono = resample(speech, from_rate_hz=file_rate_hz, to_rate_hz=rate_hz)
+    reference = resample(mono, from_rate_hz=rate_hz, to_rate_hz=SAMPLE_RATE_HZ)
+    outputs = [_stream(StreamResampler(from_rate_hz=rate_hz), mono, chunk) for chunk in (1, 7, 333, 1920, len(mono))]
+    for out in outputs:
+        assert out.dtype == np.float32 and len(out) == len(reference)
+        np.testing.assert_array_equal(out, outputs[0])  # the same to the bit, however it is cut
+    # the same signal as the polyphase resampler, with no delay between them
+    assert np.corrcoef(outputs[0], reference)[0, 1] > 0.99
+    assert np.corrcoef(outputs[0][1:], reference[:-1])[0, 1] < 0.99
+
+
+def test_the_stream_resampler_passes_its_own_rate_through():
+    resampler = StreamResampler(from_rate_hz=SAMPLE_RATE_HZ)
+    tone = _tone(SAMPLE_RATE_HZ, seconds=0.1)
+    np.testing.assert_array_equal(_stream(resampler, tone, 100), tone)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lipsync_cli.media.cache import crop_region
-from lipsync_cli.core.compositor import composite, decode_region, feather_mask
+from lipsync_cli.core.compositor import composite, decode_region
+from lipsync_cli.core.region import feather_mask
 
 
 def _frame(h=600, w=800):
@@ -38,6 +39,7 @@ def test_no_visible_box_only_a_feathered_change():
     assert change[:140].max() == 0 and change[:, :195].max() == 0
     mask = feather_mask(320)
     assert mask[0].max() == 0 and mask[160, 160] == 1
+    assert not mask.flags.writeable  # one cached array serves every caller: nobody may change it
 
 
 def test_invalid_images_and_bounds_leave_the_frame_untouched():

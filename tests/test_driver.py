@@ -30,6 +30,8 @@ RECORDINGS = [SPEECH_16K, SPEECH_44K, SPEECH_48K]
 MIN_AUC = {SPEECH_16K.name: 0.83, SPEECH_44K.name: 0.90, SPEECH_48K.name: 0.90}
 MIN_POOLED_AUC = 0.85
 MAX_OPEN_STEP_P95 = 0.33  # people filmed talking: a third of their range per frame at most
+MAX_JUMPINESS = 0.30  # the judge's jumpiness on `open` (goal 0.35 rendered; measured 0.20-0.25 here)
+MIN_CLOSED_IN_SILENCE = 0.9  # the judge's closed-in-silence on `open` (measured 0.93-1.0 here)
 LOOKAHEAD_LIMIT_MS = 60.0  # the live path budget is 60 ms audio-to-frame
 
 
@@ -138,6 +140,14 @@ def test_lips_move_no_faster_than_real_ones(recordings, fps):
         # ... relative to how wide this clip opens, too (that is what a viewer sees)
         assert np.percentile(steps, 95) <= MAX_OPEN_STEP_P95 * np.percentile(opens, 99), name
         assert 0.0 <= opens.min() and opens.max() <= 1.0
+
+
+@pytest.mark.parametrize("fps", FPS_CHOICES, ids=str)
+def test_the_judges_jumpiness_and_closed_in_silence(recordings, fps):
+    for name, (samples, _) in recordings.items():
+        opens = np.array([p.open for p in drive(samples, fps=fps)])
+        assert driver_eval.jumpiness(opens) <= MAX_JUMPINESS, name
+        assert driver_eval.closed_in_silence(samples, opens, fps=fps) >= MIN_CLOSED_IN_SILENCE, name
 
 
 def test_mouth_is_in_sync_and_shut_in_pauses(recordings):

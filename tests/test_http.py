@@ -26,9 +26,14 @@ import numpy as np
 import pytest
 
 from helpers import make_shadowed_models
+from lipsync_cli import serve as serve_module
 from lipsync_cli.errors import LipsyncError, ServiceError
-from lipsync_cli.web.http_server import ServeSettings, create_server
+from lipsync_cli.media.store import ModelStore
 from lipsync_cli.media.video import Mp4Writer
+from lipsync_cli.serve import ServeSettings
+from lipsync_cli.web.http_server import create_server
+from lipsync_cli.web.options import HttpOptions
+from lipsync_cli.web.token import RateLimiter, client_key
 
 FAKE_SECRET_VALUE = "ek_test_0123456789"
 FAKE_EXPIRES_AT = 1_900_000_000
@@ -50,19 +55,22 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "models": models, "video": models / "clip.mp4", "cache": root / "cache"}
 
 
-def _settings(media, **overrides) -> ServeSettings:
+def _options(**overrides) -> HttpOptions:
     # explicit None: a key or secret in the environment of the test run must not leak in
-    base = dict(models_dir=media["models"], cache_dir=media["cache"], openai_api_key=None, token_secret=None)
-    return ServeSettings(**(base | overrides))
+    return HttpOptions(**({"openai_api_key": None, "token_secret": None} | overrides))
+
+
+def _store(media, models_dir: Path | None = None) -> ModelStore:
+    return ModelStore(models_dir=models_dir or media["models"], cache_dir=media["cache"])
 
 
 @pytest.fixture
 def start(media):
-    """Start servers on free ports; stops them after the test. start(**settings) -> base URL."""
+    """Start servers on free ports; stops them after the test. start(models_dir=None, **options) -> base URL."""
     running = []
 
-    def _start(**overrides) -> str:
-        server, port = create_server(_settings(media, **overrides), host="127.0.0.1", port=0)
+    def _start(models_dir: Path | None = None, **overrides) -> str:
+        server, port = create_server(_store(media, models_dir), _options(**overrides), host="127.0.0.1", port=0)
         running.append(server)
         return f"http://127.0.0.1:{port}"
 
@@ -73,7 +81,7 @@ def start(media):
 
 @pytest.fixture(scope="module")
 def base_url(media):
-    server, port = create_server(_settings(media), host="127.0.0.1", port=0)
+    server, port = create_server(_store(media), _options(), host="127.0.0.1", port=0)
     yield f"http://127.0.0.1:{port}"
     server.stop()
 
@@ -355,6 +363,118 @@ def test_shared_secret_is_enforced(start, fake_openai, api_key, caplog):
     assert "refused a token request" in caplog.text and shared not in caplog.text
 
 
+# --- the token endpoint's rate limit ----------------------------------------------------------
+
+def _client_from(source_ip: str) -> httpx.Client:
+    """A client whose connections leave from `source_ip` (all of 127.0.0.0/8 is loopback on Linux)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=source_ip), timeout=10)
+
+
+def test_token_rate_limit_refuses_the_31st_request_of_a_client(start, fake_openai, api_key, caplog):
+    caplog.set_level(logging.WARNING, logger="lipsync_cli.web.token")
+    url = start(openai_api_key=api_key)  # the default: 30 a minute
+    with _client_from("127.0.0.1") as first:
+        # both paths draw on one budget
+        for i in range(30):
+            r = first.post(f"{url}{('/api/token', '/token')[i % 2]}")
+            assert r.status_code == 200, (i, r.text)
+        refused = [first.post(f"{url}/api/token"), first.post(f"{url}/token"),
+                   # uvicorn would believe this header from 127.0.0.1 by default; we must not
+                   first.post(f"{url}/api/token", headers={"X-Forwarded-For": "203.0.113.9"})]
+    for r in refused:
+        assert r.status_code == 429 and "too many token requests" in r.json()["error"]
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert len(fake_openai.requests) == 30, "a refused request reached OpenAI"
+    # one warning per burst, not one per refused request
+    assert sum("refused token requests" in m for m in caplog.messages) == 1
+    with _client_from("127.0.0.2") as second:
+        r = second.post(f"{url}/api/token")
+        assert r.status_code == 200 and r.json()["value"] == FAKE_SECRET_VALUE
+
+
+def test_token_rate_limit_counts_wrong_secrets_too(start, fake_openai, api_key):
+    shared = "correct horse battery staple"
+    url = start(openai_api_key=api_key, token_secret=shared, token_rate_per_min=3)
+    for _ in range(3):
+        assert httpx.post(f"{url}/api/token", headers={"X-Lipsync-Secret": "guess"}).status_code == 401
+    # so a secret cannot be guessed faster than the limit
+    r = httpx.post(f"{url}/api/token", headers={"X-Lipsync-Secret": shared})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert not fake_openai.requests
+
+
+def test_token_rate_zero_turns_the_limit_off(start, fake_openai, api_key):
+    url = start(openai_api_key=api_key, token_rate_per_min=0)
+    with httpx.Client(timeout=10) as client:
+        statuses = {client.post(f"{url}/api/token").status_code for _ in range(35)}
+    assert statuses == {200} and len(fake_openai.requests) == 35
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_rate_limiter_is_a_sliding_window_per_client():
+    clock = _FakeClock()
+    limiter = RateLimiter(2, window_s=60, clock=clock)
+    assert limiter.admit("a").admitted
+    clock.now_s += 10
+    assert limiter.admit("a").admitted
+    clock.now_s += 10
+    assert tuple(limiter.admit("a")) == (False, 40, True)  # the first slot frees 60 s after it was taken
+    clock.now_s += 10
+    assert tuple(limiter.admit("a")) == (False, 30, False)
+    assert limiter.admit("b").admitted, "another client has its own budget"
+    clock.now_s += 30  # 60 s after the first request: its slot is free, the second's is not
+    assert limiter.admit("a").admitted
+    clock.now_s += 9.5
+    assert tuple(limiter.admit("a")) == (False, 1, True)  # 0.5 s rounds up: Retry-After is whole seconds
+    clock.now_s += 0.5
+    assert limiter.admit("a").admitted
+
+
+def test_rate_limiter_forgets_the_least_recent_client_beyond_its_bound():
+    clock = _FakeClock()
+    limiter = RateLimiter(1, max_clients=2, clock=clock)
+    for client in ("a", "b", "c"):
+        assert limiter.admit(client).admitted
+    assert limiter.admit("a").admitted, "a was forgotten to keep memory bounded"
+    assert not limiter.admit("c").admitted
+    clock.now_s += 60  # a whole idle window: nothing left to count
+    assert limiter.admit("c").admitted
+    with pytest.raises(ValueError):
+        RateLimiter(0)
+
+
+def test_clients_are_counted_by_ip_and_ipv6_hosts_by_their_64():
+    assert client_key(("192.0.2.7", 5000)) == client_key(("192.0.2.7", 6000)) == "192.0.2.7"
+    assert client_key(("192.0.2.7", 1)) != client_key(("192.0.2.8", 1))
+    assert client_key(("2001:db8:1:2::1", 1)) == client_key(("2001:db8:1:2:ffff::9", 1)) == "2001:db8:1:2::/64"
+    assert client_key(("2001:db8:1:3::1", 1)) != client_key(("2001:db8:1:2::1", 1))
+    assert client_key(("::ffff:192.0.2.7", 1)) == "192.0.2.7"
+    assert client_key(None) == "unknown"
+
+
+def test_cli_token_rate_reaches_the_settings(monkeypatch):
+    from typer.testing import CliRunner
+
+    from lipsync_cli.cli import app
+
+    seen = []
+    monkeypatch.setattr(serve_module, "run_serve", lambda settings, **kwargs: seen.append(settings))
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # leave the test run's logging alone
+    runner = CliRunner()
+    for args, expected in (([], 30), (["--token-rate", "0"], 0), (["--token-rate", "5"], 5)):
+        result = runner.invoke(app, ["serve", "--max-models", "2", *args])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].http.token_rate_per_min == expected and seen[-1].max_models == 2
+    assert runner.invoke(app, ["serve", "--token-rate", "-1"]).exit_code != 0
+
+
 def test_cors_is_off_by_default_and_exact_when_set(client, start):
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     for r in (client.options("/api/token", headers=preflight),
@@ -378,20 +498,23 @@ def test_settings_are_validated_and_keep_secrets_out_of_repr(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     monkeypatch.setenv("LIPSYNC_TOKEN_SECRET", "shh-from-env")
     settings = ServeSettings()
-    assert settings.openai_api_key == "sk-from-env" and settings.token_secret == "shh-from-env"
+    assert settings.http.openai_api_key == "sk-from-env" and settings.http.token_secret == "shh-from-env"
     assert "sk-from-env" not in repr(settings) and "shh-from-env" not in repr(settings)
-    assert ServeSettings().allowed_origins == ()
+    assert settings.http.allowed_origins == () and settings.http.token_rate_per_min == 30
     for bad in ({"allowed_origins": ("app.example",)}, {"allowed_origins": ("https://app.example/",)},
-                {"token_ttl_s": 5}, {"token_secret": " "}):
+                {"token_ttl_s": 5}, {"token_secret": " "}, {"token_rate_per_min": -1},
+                {"token_rate_per_min": 1001}):
         with pytest.raises(LipsyncError):
-            ServeSettings(**bad)
+            HttpOptions(**bad)
+    with pytest.raises(LipsyncError):
+        ServeSettings(max_models=0)
 
 
 def test_server_binds_reports_its_port_and_stops(media):
-    server, port = create_server(_settings(media), port=0)
+    server, port = create_server(_store(media), _options(), port=0)
     assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["ok"] is True
     with pytest.raises(ServiceError, match="cannot listen"):
-        create_server(_settings(media), port=port)
+        create_server(_store(media), _options(), port=port)
     server.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz")
@@ -400,12 +523,49 @@ def test_server_binds_reports_its_port_and_stops(media):
 SERVE_SCRIPT = """
 import json, sys
 from pathlib import Path
-from lipsync_cli.web.http_server import ServeSettings
-from lipsync_cli.serve import run_serve
-settings = ServeSettings(models_dir=Path(sys.argv[1]), cache_dir=Path(sys.argv[2]), openai_api_key=None)
+from lipsync_cli.serve import ServeSettings, run_serve
+from lipsync_cli.web.options import HttpOptions
+settings = ServeSettings(models_dir=Path(sys.argv[1]), cache_dir=Path(sys.argv[2]),
+                         http=HttpOptions(openai_api_key=None))
 run_serve(settings, host="127.0.0.1", port=0, grpc_port=0, on_ready=lambda urls: print(json.dumps(urls), flush=True))
 print("stopped", flush=True)
 """
+
+
+def test_run_serve_shares_one_model_store_between_http_and_grpc(media, monkeypatch):
+    built, grpc_stores, asked = [], [], []
+
+    class WatchedStore(ModelStore):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            built.append(self)
+
+        def is_prepared(self, video: Path) -> bool:
+            asked.append(self)
+            return super().is_prepared(video)
+
+    def grpc_server(*args, store, **kwargs):
+        grpc_stores.append(store)
+        return create_grpc_server(*args, store=store, **kwargs)
+
+    create_grpc_server = serve_module.create_grpc_server
+    monkeypatch.setattr(serve_module, "ModelStore", WatchedStore)
+    monkeypatch.setattr(serve_module, "create_grpc_server", grpc_server)
+    urls, ready, stop = {}, threading.Event(), threading.Event()
+    settings = ServeSettings(models_dir=media["models"], cache_dir=media["cache"], max_models=2, http=_options())
+    thread = threading.Thread(target=serve_module.run_serve, args=(settings,), daemon=True,
+                              kwargs=dict(host="127.0.0.1", port=0, grpc_port=0, stop=stop,
+                                          on_ready=lambda u: (urls.update(u), ready.set())))
+    thread.start()
+    try:
+        assert ready.wait(60)
+        assert any(m["name"] == "clip" for m in httpx.get(f"{urls['http']}api/models").json())
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert len(built) == 1 and built[0].limit == 2
+    assert grpc_stores == built and asked and set(asked) == set(built)
 
 
 def test_run_serve_serves_both_and_stops_on_ctrl_c(media):

@@ -23,19 +23,21 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO
+from conftest import REPO, SAMPLE_SPEECH, SAMPLE_VIDEO
+from lipsync_cli.core.generator import MouthImage
+from lipsync_cli.core.generators import make_generator
+from lipsync_cli.core.timing import ping_pong
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, resample
-from lipsync_cli.core.generator import MouthImage, make_generator
-from lipsync_cli.rpc.legacy_service import LegacyLipSyncServicer
+from lipsync_cli.media.store import ModelStore
+from lipsync_cli.rpc.legacy_service import AudioCache, LegacyLipSyncServicer
 from lipsync_cli.rpc.proto_gen import lipsync_legacy_pb2, lipsync_pb2, lipsync_pb2_grpc
 from lipsync_cli.rpc.service import create_server
-from lipsync_cli.media.store import ModelStore
-from lipsync_cli.core.timing import ping_pong
 
 MODEL = "avatar"  # the bundled sample: 200 frames at 25 fps
 TIMEOUT_S = 60  # per call: a hang fails the test instead of stalling it
 CLIP_S = 9.0  # longer than the sample model video, so clip frames run past its end
 CLIP_RATE_HZ = 44_100  # not the analysis rate, and stereo: the decoding path resamples and mixes down
+SERVER_PATHS = str(REPO.parent)  # the checkout and what is next to it: no business of a remote client
 
 # The original definitions, as the original clients generate their stubs from them. The file name
 # is ours: protobuf keeps one registry per process, and our server's stubs are in it already, so
@@ -295,7 +297,7 @@ def test_each_failure_is_a_failed_reply(legacy, original, model, frame_id, audio
     for reply in replies:
         assert not reply.success and needle in reply.error, reply.error
         assert not reply.prediction_data and not reply.bounds
-        assert "/work" not in reply.error, "server paths stay on the server"
+        assert SERVER_PATHS not in reply.error, "server paths stay on the server"
 
 
 def test_a_failed_frame_does_not_fail_its_batch_or_stream(legacy, original, sample_model):
@@ -312,6 +314,19 @@ def test_a_failed_frame_does_not_fail_its_batch_or_stream(legacy, original, samp
     assert not failed.success and "no model named" in failed.error
 
 
+def test_audio_cache_drops_the_least_recently_used():
+    cache = AudioCache(limit=2)
+    wavs = {name: _wav_base64(_speech(seconds)) for name, seconds in (("a", 0.1), ("b", 0.2), ("c", 0.3))}
+    for name in "abac":  # a used again after b: b is the least recently used when c comes
+        cache.get(wavs[name])
+    assert cache.decodes == 3
+    cache.get(wavs["a"])
+    cache.get(wavs["c"])
+    assert cache.decodes == 3
+    key, samples = cache.get(wavs["b"])
+    assert cache.decodes == 4 and samples.dtype == np.float32 and samples.ndim == 1
+
+
 # --- loading models -----------------------------------------------------------------------------
 
 def test_load_model_and_auto_load(cache_dir, sample_model, original, tmp_path):
@@ -326,12 +341,16 @@ def test_load_model_and_auto_load(cache_dir, sample_model, original, tmp_path):
                                                      timeout=TIMEOUT_S) for _ in range(2))
             assert first.success and first.auto_loaded and again.success and not again.auto_loaded
 
+            store = servicer.store
+            assert not store.is_loaded(guest)
             by_stem = legacy.LoadModel(pb2.LoadModelRequest(package_path=str(guest)), timeout=TIMEOUT_S)
             assert by_stem.success and by_stem.model_name == "guest", by_stem.error
-            assert by_stem.initialization_time_ms > 0  # a new video: prepared now
+            assert "'guest' loaded" in by_stem.message, by_stem.message  # a new video: prepared now
+            assert store.is_loaded(guest)
+            loaded = store.get(guest)
             again = legacy.LoadModel(pb2.LoadModelRequest(package_path=str(guest)), timeout=TIMEOUT_S)
             assert again.success and "already loaded" in again.message, again.message
-            assert again.initialization_time_ms < by_stem.initialization_time_ms / 10
+            assert store.get(guest) is loaded, "the second LoadModel is served from the store, not prepared again"
             renamed = legacy.LoadModel(pb2.LoadModelRequest(
                 model_name="host", package_path=str(guest), audio_override=_wav_base64(_speech(0.5))),
                 timeout=TIMEOUT_S)

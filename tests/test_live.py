@@ -16,8 +16,8 @@ import pytest
 
 from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO, write_wav
 from helpers import assert_clean_error, run_cli
-from live_support import (REPO, best_match, find_in_screen, frame_loudness, mouth_change, pulse, recording,  # noqa: F401
-                          screenshot, start_session, xvfb)
+from live_support import (REPO, best_match, find_in_screen, frame_loudness, mouth_change, mouth_lag_frames,  # noqa: F401
+                          pulse, recording, screenshot, start_session, xvfb)
 from lipsync_cli.media.audio import load_audio
 from test_render import check_mp4
 
@@ -71,6 +71,25 @@ def test_window_shows_the_avatar_speaking_the_file_and_the_record_holds_it(env, 
     offset, ncc = best_match(audio, _resampled(samples[: 2 * 16000], rate))
     assert ncc > 0.95 and offset < rate // 25, (offset, ncc)
     _check_mouth(frames, audio, rate, sample_model)
+    _check_in_sync(frames, audio, rate, sample_model)
+
+
+def _check_in_sync(frames, audio, rate_hz, model) -> None:
+    """The recorded mouth moves with its recorded sound, within one frame."""
+    lag, r = mouth_lag_frames(frames, audio, rate_hz, model)
+    assert abs(lag) <= 1 and r > 0.5, (lag, r)
+
+
+def test_a_recording_without_speakers_keeps_the_mouth_on_its_sound(xvfb, tmp_path, cache_dir, sample_model):
+    env = {**os.environ, "DISPLAY": xvfb, "PULSE_SERVER": "unix:/nonexistent"}  # no sound device
+    clip, samples = _speech_then_silence(tmp_path, 1.0)
+    out = tmp_path / "silent.mp4"
+    session = start_session(env, cache_dir, input=clip, record=out, model=str(SAMPLE_VIDEO)).wait(60)
+    assert session.proc.returncode == 0, session.stderr
+    frames, audio, rate = recording(out)
+    offset, ncc = best_match(audio, _resampled(samples[: 2 * 16000], rate))
+    assert ncc > 0.95 and offset < rate // 25, (offset, ncc)
+    _check_in_sync(frames, audio, rate, sample_model)
 
 
 def test_microphone_drives_the_mouth_and_q_quits(env, tmp_path, cache_dir, sample_model):

@@ -12,10 +12,11 @@ from onnx import TensorProto, helper, numpy_helper, save_model
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ
 from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.errors import GeneratorError
-from lipsync_cli.core.mouth import lower_face_mask
 from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES
+from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.onnx_generator import (MEL_BANDS, MEL_FRAMES, OnnxGenerator,
                                         face_square, log_mel_window)
+from lipsync_cli.core.region import lower_face_mask
 from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO
 
 SPEAKING = MouthParams(0.6, 0.2, 0.0, False, True, "C")
@@ -119,7 +120,6 @@ def test_mel_frames_run_oldest_first():
 @pytest.mark.parametrize("face_channels", [6, 3])
 def test_renders_region_with_bounds(tmp_path, sample_model, face_channels):
     gen = OnnxGenerator(energy_network(tmp_path / "net.onnx", face_channels=face_channels))
-    assert gen.name == "onnx"
     out = gen.open_stream(sample_model).render(model_frame=FRAME, params=SPEAKING, audio=tone(500.0))
     assert out.image.shape == (320, 320, 3) and out.image.dtype == np.uint8
     np.testing.assert_array_equal(out.bounds, sample_model.mouth_bounds[FRAME])
@@ -178,6 +178,17 @@ def test_bad_models_fail_with_one_clear_line(tmp_path, kind, needle):
         OnnxGenerator(path)
     message = str(err.value)
     assert needle in message and str(path) in message and "\n" not in message, message
+
+
+def test_make_generator_loads_the_network_or_says_why(tiny, sample_model):
+    by_name = make_generator("onnx", onnx_path=tiny).open_stream(sample_model)
+    direct = OnnxGenerator(tiny).open_stream(sample_model)
+    np.testing.assert_array_equal(by_name.render(model_frame=FRAME, params=SPEAKING, audio=tone(500.0)).image,
+                                  direct.render(model_frame=FRAME, params=SPEAKING, audio=tone(500.0)).image)
+    with pytest.raises(GeneratorError, match="--onnx"):
+        make_generator("onnx")
+    with pytest.raises(GeneratorError, match="unknown generator 'wav2lip'"):
+        make_generator("wav2lip")
 
 
 def test_render_end_to_end(tmp_path, store, tiny):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import shutil
-import time
 import zipfile
 
 import cv2
@@ -13,6 +12,7 @@ import pytest
 
 from conftest import DRAWN_VIDEO, SAMPLE_VIDEO, SPEAKER_VIDEO, shared
 from helpers import assert_clean_error, make_video, run_cli
+from lipsync_cli.media import cache as cache_module
 from lipsync_cli.media.cache import FORMAT_VERSION, REQUIRED_KEYS, cache_path, prepare_model, write_cache
 from lipsync_cli.media.video import iter_frames
 
@@ -89,16 +89,21 @@ def test_smoothed_bounds_move_less_than_raw_detections(cache_dir):
     assert smooth_j < 0.25 * raw_j, (smooth_j, raw_j)
 
 
-def test_rerun_is_a_fast_no_op(tmp_path):
+def test_rerun_is_a_no_op(tmp_path, monkeypatch):
     proc = run_cli("prepare", SAMPLE_VIDEO, "--cache-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "200 frames" in proc.stdout and "face found in 100%" in proc.stdout
     cache = cache_path(SAMPLE_VIDEO, tmp_path)
     before = cache.stat().st_mtime_ns
-    t0 = time.perf_counter()
-    result = prepare_model(SAMPLE_VIDEO, cache_dir=tmp_path)
-    assert time.perf_counter() - t0 < 1.0
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a fresh cache was built again")
+
+    monkeypatch.setattr(cache_module, "build_cache", no_build)
+    stages = []
+    result = prepare_model(SAMPLE_VIDEO, cache_dir=tmp_path, progress=lambda *a: stages.append(a))
     assert result.status == "fresh"
+    assert stages == []  # nothing decoded, tracked or written
     assert cache.stat().st_mtime_ns == before
     proc = run_cli("prepare", SAMPLE_VIDEO, "--cache-dir", tmp_path)
     assert "up to date" in proc.stdout
@@ -202,6 +207,7 @@ def test_loaded_models_sit_in_an_lru_with_memory_statistics(tmp_path, cache_dir)
     assert store.get("ann", names_only=True) is first  # loaded once, then served from memory
     store.get("bob", names_only=True)
     store.get("ann", names_only=True)  # ann is now the most recently used
+    assert set(store.stats().loaded) == {"ann", "bob"}  # (reading the statistics uses no model)
     store.get("cy", names_only=True)  # so bob is the one dropped
     stats = store.stats()
     assert stats.loaded == ("ann", "cy") and stats.limit == 2
@@ -226,3 +232,20 @@ def test_a_phone_video_with_a_rotation_is_used_upright(tmp_path):
     assert result.face_found_pct == 100.0
     with np.load(result.cache, allow_pickle=False) as z:
         assert tuple(z["frame_size"]) == (576, 768)  # width, height as shown: portrait again
+
+
+def test_open_loads_the_named_or_default_model_and_serves_it_by_name(tmp_path, cache_dir):
+    from lipsync_cli.errors import ModelNotFoundError
+    from lipsync_cli.media.store import ModelStore
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    store = ModelStore(cache_dir=cache_dir, models_dir=empty)
+    model, name = store.open(None)  # no model videos: the bundled sample
+    assert model.video == SAMPLE_VIDEO.resolve() and name == "avatar"
+    assert store.resolve(name) == SAMPLE_VIDEO.resolve()
+    assert store.open(str(SAMPLE_VIDEO)) == (model, name)  # by path: the same loaded model
+    for clip in ("ann.mp4", "bob.mp4"):
+        shutil.copy(SAMPLE_VIDEO, empty / clip)
+    with pytest.raises(ModelNotFoundError, match="several models"):
+        ModelStore(cache_dir=cache_dir, models_dir=empty).open(None)

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO, SPEAKER_VIDEO, SPEECH_44K, SPEECH_48K, shared, write_wav
-from helpers import assert_clean_error, run_cli
-from lipsync_cli.media.audio import load_audio
-from lipsync_cli.errors import ServiceError
-from lipsync_cli.render.pipeline import RenderOptions, render
+from helpers import assert_clean_error, make_video, run_cli
+from lipsync_cli.core.driver import REST
+from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.timing import ping_pong
+from lipsync_cli.errors import ServiceError
+from lipsync_cli.media.audio import load_audio
 from lipsync_cli.media.video import iter_frames
+from lipsync_cli.render.pipeline import RenderOptions, _compose, render
+from lipsync_cli.rpc.service import create_server
 
 
 def ffprobe(path: Path) -> dict:
@@ -93,6 +98,20 @@ def test_mouth_moves_with_speech_and_the_rest_stays_the_model(tmp_path, store, s
         np.median(mouth_diff[loud]), np.median(mouth_diff[silent]))
 
 
+def test_an_unusable_mouth_is_a_fallback_frame_left_untouched(sample_model):
+    """A mouth that came damaged off the wire (no image) or with bounds off the frame is not pasted."""
+    m, index = sample_model, 5
+    image, bounds = np.full((320, 320, 3), 255, np.uint8), m.mouth_bounds[index]
+    damaged = [MouthFrame(index=0, model_frame=index, image=None, bounds=bounds, params=REST),
+               MouthFrame(index=0, model_frame=index, image=image, bounds=np.array([-50.0, -50, -10, -10]),
+                          params=REST)]
+    for mouth in damaged:
+        frame, pasted = _compose(m, mouth)
+        assert not pasted and np.array_equal(frame, m.frame(index))
+    frame, pasted = _compose(m, MouthFrame(index=0, model_frame=index, image=image, bounds=bounds, params=REST))
+    assert pasted and not np.array_equal(frame, m.frame(index))
+
+
 def test_hevc_portrait_speaker_with_stereo_44k_speech(tmp_path, store):
     video, speech = shared(SPEAKER_VIDEO), shared(SPEECH_44K)
     out = tmp_path / "speaker.mp4"
@@ -105,8 +124,6 @@ def test_hevc_portrait_speaker_with_stereo_44k_speech(tmp_path, store):
 
 def test_48k_stereo_speech_and_a_separate_server_give_the_same_result(tmp_path, store):
     speech = shared(SPEECH_48K)
-    from lipsync_cli.rpc.service import create_server
-
     embedded = tmp_path / "embedded.mp4"
     render(speech, embedded, options=RenderOptions(model=str(SAMPLE_VIDEO)), store=store)
     check_mp4(embedded, fps=25, duration_s=load_audio(speech).duration_s, width=576, height=768)
@@ -159,8 +176,6 @@ def test_bad_input_gets_one_line_and_leaves_nothing(tmp_path, cache_dir):
                                "--cache-dir", cache_dir, cwd=tmp_path), "does not exist")
     assert_clean_error(run_cli("render", speech, "-o", tmp_path / "out.avi", "--cache-dir", cache_dir,
                                cwd=tmp_path), ".mp4")
-    import socket
-
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
@@ -170,8 +185,6 @@ def test_bad_input_gets_one_line_and_leaves_nothing(tmp_path, cache_dir):
 
 
 def test_a_server_dying_mid_render_leaves_no_file(tmp_path, store):
-    from lipsync_cli.rpc.service import create_server
-
     server, port = create_server("127.0.0.1:0", store=store)
     out = tmp_path / "out.mp4"
 
@@ -186,11 +199,7 @@ def test_a_server_dying_mid_render_leaves_no_file(tmp_path, store):
 
 
 def test_a_30_fps_landscape_model_renders_at_its_own_rate(tmp_path, store):
-    from helpers import make_video
-
     # a 640x480 landscape clip at 30 fps: the sample's frames shrunk to 360x480, edges extended sideways
-    import cv2
-
     frames = [np.pad(cv2.resize(f, (360, 480), interpolation=cv2.INTER_AREA), ((0, 0), (140, 140), (0, 0)),
                      mode="edge") for i, f in enumerate(iter_frames(SAMPLE_VIDEO)) if i < 45]
     video = make_video(tmp_path / "wide30.mp4", frames, fps=30)

@@ -20,19 +20,21 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from conftest import REPO, SPEECH_48K, shared
 from helpers import make_shadowed_models
-from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, resample, to_mono
-from lipsync_cli.rpc.client import LipSyncClient, channel_target
+from lipsync_cli.core.engine import MouthFrame
+from lipsync_cli.core.generators import make_generator
+from lipsync_cli.core.timing import first_sample_of_frame, frame_count, ping_pong
 from lipsync_cli.errors import AudioError, ModelNotFoundError, ServiceError
-from lipsync_cli.core.generator import make_generator
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, resample
+from lipsync_cli.media.store import ModelStore
+from lipsync_cli.rpc.client import LipSyncClient, channel_target, from_proto
 from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
 from lipsync_cli.rpc.service import create_server
-from lipsync_cli.media.store import ModelStore
-from lipsync_cli.core.timing import first_sample_of_frame, frame_count, ping_pong
 
 MODEL = "avatar"  # the bundled sample answers to its name
 CLIP_S = 3.0  # seconds of real speech per clip: enough for speech and pauses, quick to render
 CHUNK_MS = 40
 SLOW_RENDER_S = 0.02  # per frame, so a cancelled call would clearly go on working if not stopped
+SERVER_PATHS = str(REPO.parent)  # the checkout and what is next to it: no business of a remote client
 
 
 class CountingGenerator:
@@ -116,14 +118,17 @@ def _expected_frames(n_samples: int, rate_hz: int, fps) -> int:
 
 
 def _check_frame(frame, i, model, first_frame):
+    """A frame off the wire: a protobuf reply (the raw stub) or the client's MouthFrame."""
+    if isinstance(frame, lipsync_pb2.MouthFrame):
+        frame = from_proto(frame)
     assert frame.index == i
     assert frame.model_frame == ping_pong(first_frame + i, model.n_frames)
-    image = cv2.imdecode(np.frombuffer(frame.prediction_data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None and image.shape == (320, 320, 3)
+    assert frame.image is not None and frame.image.shape == (320, 320, 3) and frame.image.dtype == np.uint8
     x0, y0, x1, y1 = frame.bounds
     assert 0 <= x0 < x1 <= model.width and 0 <= y0 < y1 <= model.height
-    assert frame.shape in set("ABCDEFGHX")
-    assert 0.0 <= frame.mouth_open <= 1.0
+    assert frame.params.shape in set("ABCDEFGHX")
+    assert 0.0 <= frame.params.open <= 1.0
+    assert frame.params.closed == (frame.params.shape == "A")
 
 
 # --- generated stubs ---------------------------------------------------------------------------
@@ -222,9 +227,27 @@ def test_render_clip_of_real_speech(service, sample_model, speech):
     assert len(frames) == _expected_frames(len(samples), rate, sample_model.fps)
     for i, frame in enumerate(frames):
         _check_frame(frame, i, sample_model, first_frame)
+    assert all(isinstance(f, MouthFrame) for f in frames)
     speaking = [f.speech for f in frames]
     assert any(speaking) and not all(speaking), "real speech has both speech and pauses"
-    assert max(f.mouth_open for f in frames) > 0.2
+    assert max(f.params.open for f in frames) > 0.2
+
+
+def test_client_frames_carry_what_the_reply_carries():
+    image = np.full((32, 32, 3), (10, 200, 30), np.uint8)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    reply = lipsync_pb2.MouthFrame(index=3, model_frame=7, prediction_data=jpeg, bounds=[1, 2, 3, 4], speech=True,
+                                   mouth_open=0.5, shape="C", captured_at_s=12.5)
+    frame = from_proto(reply)
+    assert (frame.index, frame.model_frame, frame.captured_at_s, frame.speech) == (3, 7, 12.5, True)
+    assert (frame.params.open, frame.params.shape, frame.params.closed) == (0.5, "C", False)
+    assert frame.bounds.tolist() == [1, 2, 3, 4]
+    assert np.abs(frame.image.astype(int) - image).max() <= 4  # JPEG of a flat colour
+    assert from_proto(lipsync_pb2.MouthFrame(shape="A")).params.closed
+    damaged = [b"", b"not a jpeg", cv2.imencode(".jpg", image[:, :20])[1].tobytes(),  # not square
+               cv2.imencode(".jpg", image[:8, :8])[1].tobytes()]  # too small
+    for data in damaged:
+        assert from_proto(lipsync_pb2.MouthFrame(prediction_data=data)).image is None
 
 
 @pytest.mark.parametrize(("fmt", "audio", "needle"), [
@@ -253,7 +276,7 @@ def test_unknown_model_is_not_found_and_paths_are_not_models(stub, name):
     with pytest.raises(grpc.RpcError) as info:
         list(stub.RenderClip(lipsync_pb2.ClipRequest(model=name, format=_fmt(), audio=_tone_s16(0.5))))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "/work" not in info.value.details(), "server paths stay on the server"
+    assert SERVER_PATHS not in info.value.details(), "server paths stay on the server"
 
 
 def test_unexpected_failure_is_internal_and_the_server_lives_on(store, sample_model):
@@ -281,14 +304,15 @@ def test_stream_answers_chunk_by_chunk(service, sample_model, speech):
     n_chunks = -(-len(pcm) // chunk)
     held_back = n_chunks // 2
     first_frame_seen = threading.Event()
-    sent = []
+    sent, answered_in_time = [], []
 
     def requests():
+        # no assertions in here: gRPC reads this in its own thread and would only cancel the call
         yield lipsync_pb2.AudioChunk(start=lipsync_pb2.StreamStart(model=MODEL, format=_fmt(rate, 2)))
         for k in range(n_chunks):
             if k == held_back:
                 # the second half goes only once a frame has come back: no answer, no more input
-                assert first_frame_seen.wait(timeout=20), "no frame came back while input was still open"
+                answered_in_time.append(first_frame_seen.wait(timeout=20))
             sent.append(k)
             yield lipsync_pb2.AudioChunk(audio=pcm[k * chunk:(k + 1) * chunk].tobytes(), captured_at_s=float(k))
 
@@ -299,6 +323,7 @@ def test_stream_answers_chunk_by_chunk(service, sample_model, speech):
             chunks_sent_at_frame.append(len(sent))
             frames.append(frame)
 
+    assert answered_in_time == [True], "no frame came back while input was still open"
     assert chunks_sent_at_frame[0] <= held_back
     assert len(frames) == _expected_frames(len(pcm), rate, sample_model.fps)
     for i, frame in enumerate(frames):
@@ -320,24 +345,7 @@ def test_stream_gives_the_frames_of_the_clip(service, speech):
             MODEL, ((samples[i:i + chunk], i / rate) for i in range(0, len(samples), chunk)), rate, 2))
     assert len(live) == len(clip)
     assert np.mean([a.speech == b.speech for a, b in zip(clip, live)]) >= 0.95
-    assert np.abs(np.array([a.mouth_open - b.mouth_open for a, b in zip(clip, live)])).mean() < 0.05
-
-
-def test_stream_resampler_ignores_chunking(speech):
-    samples, rate = speech
-    mono = to_mono(samples[:rate])
-    outputs = []
-    for chunk in (7, 333, 1920, len(mono)):
-        resampler = StreamResampler(from_rate_hz=rate)
-        parts = [resampler.push(mono[i:i + chunk]) for i in range(0, len(mono), chunk)]
-        outputs.append(np.concatenate([*parts, resampler.flush()]))
-    reference = resample(mono, from_rate_hz=rate, to_rate_hz=SAMPLE_RATE_HZ)
-    for out in outputs:
-        assert len(out) == len(reference)
-        np.testing.assert_allclose(out, outputs[0], atol=1e-5)
-    # close to the polyphase resampler, up to the low-pass filter's delay of a sample or two
-    lag = 2
-    assert np.corrcoef(outputs[0][lag:], reference[:-lag])[0, 1] > 0.98
+    assert np.abs(np.array([a.params.open - b.params.open for a, b in zip(clip, live)])).mean() < 0.05
 
 
 @pytest.mark.parametrize(("messages", "needle"), [
@@ -408,6 +416,10 @@ def test_cancelled_stream_stops_the_server_work(slow_service, speech):
 
 # --- balancing and client errors ----------------------------------------------------------------
 
+ROUND_ROBIN_CALLS = 20
+ROUND_ROBIN_SHARE = (0.35, 0.65)  # each of two replicas' share of the calls once both are connected
+
+
 def test_round_robin_over_two_servers(store, sample_model):
     generators = [CountingGenerator(), CountingGenerator()]
     servers = [_start(store, g) for g in generators]
@@ -415,13 +427,22 @@ def test_round_robin_over_two_servers(store, sample_model):
         ports = [target.rsplit(":", 1)[1] for _, target in servers]
         with LipSyncClient(",".join(f"localhost:{p}" for p in ports)) as client:
             client.wait_ready(10)
-            one_frame = np.zeros((SAMPLE_RATE_HZ // 10, 1), np.float32)
-            for _ in range(20):
-                assert len(list(client.render_clip(MODEL, one_frame, SAMPLE_RATE_HZ))) >= 1
+            short = np.zeros((SAMPLE_RATE_HZ // 10, 1), np.float32)
+            frames_per_call = len(list(client.render_clip(MODEL, short, SAMPLE_RATE_HZ)))
+            assert frames_per_call >= 1
+            # the channel is ready as soon as one replica is: call until both have answered once
+            for _ in range(ROUND_ROBIN_CALLS):
                 if all(g.rendered for g in generators):
                     break
-        assert all(g.rendered for g in generators), [g.rendered for g in generators]
-        assert abs(generators[0].rendered - generators[1].rendered) <= generators[0].rendered
+                list(client.render_clip(MODEL, short, SAMPLE_RATE_HZ))
+            assert all(g.rendered for g in generators), [g.rendered for g in generators]
+            before = [g.rendered for g in generators]
+            for _ in range(ROUND_ROBIN_CALLS):
+                list(client.render_clip(MODEL, short, SAMPLE_RATE_HZ))
+        calls = [(g.rendered - b) / frames_per_call for g, b in zip(generators, before)]
+        assert sum(calls) == ROUND_ROBIN_CALLS
+        low, high = ROUND_ROBIN_SHARE
+        assert all(low * ROUND_ROBIN_CALLS <= c <= high * ROUND_ROBIN_CALLS for c in calls), calls
     finally:
         for server, _ in servers:
             server.stop(grace=None)

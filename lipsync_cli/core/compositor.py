@@ -7,27 +7,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-FEATHER_FRACTION = 0.2  # the outer share of the region that fades into the frame
+from lipsync_cli.core.region import feather_mask, match_colour_on_rim
+
 MAX_GAIN_CHANGE = 0.12  # colour matching never shifts a channel by more than this factor
+MIN_GAIN_CHANGE = 0.004  # a colour difference under this factor is left alone
+RIM_ALPHA = (0.05, 0.5)  # paste weights in this range (inclusive) are the rim where colours are matched
+RIM_MIN_PX = 32  # this many rim pixels or fewer are too few to measure a colour difference on
 CHANGE_LEVEL = 12  # a region pixel further than this (grey levels) from the model's own has changed
 CHANGE_GROW_FRACTION = 0.03  # the changed area grows and feathers by this share of the region side
-
-
-def _feather_mask(size_px: int) -> np.ndarray:
-    """(size, size) float32: 1 inside, smooth fall to 0 at every edge (no visible box)."""
-    ramp_px = max(2, int(FEATHER_FRACTION * size_px))
-    t = np.clip(np.minimum(np.arange(size_px), np.arange(size_px)[::-1]) / ramp_px, 0, 1)
-    t = t * t * (3 - 2 * t)
-    return np.outer(t, t).astype(np.float32)
-
-
-_MASKS: dict[int, np.ndarray] = {}
-
-
-def feather_mask(size_px: int) -> np.ndarray:
-    if size_px not in _MASKS:
-        _MASKS[size_px] = _feather_mask(size_px)
-    return _MASKS[size_px]
 
 
 def change_mask(region: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -101,11 +88,8 @@ def composite(frame: np.ndarray, region: np.ndarray, bounds, *, reference: np.nd
     alpha = cv2.warpAffine(weight, m, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
     window = frame[fy0:fy1, fx0:fx1]
     # colour match on the rim, where the region and the frame should agree
-    rim = cv2.inRange(alpha, 0.05, 0.5)
-    if cv2.countNonZero(rim) > 32:
-        gain = (np.array(cv2.mean(window, rim)[:3]) + 1) / (np.array(cv2.mean(patch, rim)[:3]) + 1)
-        gain = np.clip(gain, 1 - MAX_GAIN_CHANGE, 1 + MAX_GAIN_CHANGE)
-        if np.abs(gain - 1).max() > 0.004:
-            patch = cv2.multiply(patch, tuple(gain) + (0.0,))
+    rim = cv2.inRange(alpha, *RIM_ALPHA)
+    patch = match_colour_on_rim(patch, window, rim, min_rim_px=RIM_MIN_PX, max_gain_change=MAX_GAIN_CHANGE,
+                                min_gain_change=MIN_GAIN_CHANGE)
     window[...] = cv2.blendLinear(patch, np.ascontiguousarray(window), alpha, 1.0 - alpha)
     return True

@@ -8,12 +8,14 @@ temporal state, such as which source mouth was used last). Two kinds exist:
   video that match the wanted opening and aligned onto the current frame, warped and with the
   inner mouth drawn where the video never opens that wide. No weights.
 - `onnx` (`lipsync_cli.core.onnx_generator`): a user's own neural network, see docs/onnx-contract.md.
+
+This module holds only the shared types, so both generators import it; `core.generators.make_generator`
+picks one by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -45,16 +47,3 @@ class MouthGenerator(Protocol):
 
     def open_stream(self, model: Model) -> GeneratorStream:
         """Per-client-stream state for rendering frames of `model`."""
-
-
-def make_generator(kind: str = "own", *, onnx_path: Path | None = None) -> MouthGenerator:
-    """The generator called `kind` ("own" or "onnx")."""
-    if kind == "own":
-        from lipsync_cli.core.mouth import OwnMouthGenerator
-
-        return OwnMouthGenerator()
-    if kind == "onnx":
-        from lipsync_cli.core.onnx_generator import OnnxGenerator
-
-        return OnnxGenerator(onnx_path)
-    raise ValueError(f"unknown generator {kind!r}: use 'own' or 'onnx'")

@@ -36,7 +36,7 @@ from lipsync_cli.media.cache import REGION_PX, crop_region
 from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.errors import GeneratorError
 from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES, MouthImage
-from lipsync_cli.core.mouth import lower_face_mask
+from lipsync_cli.core.region import lower_face_mask
 from lipsync_cli.media.store import Model
 
 # the mel recipe (docs/onnx-contract.md), with the numbers of Wav2Lip's published hyper-parameters

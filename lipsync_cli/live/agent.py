@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipsync_cli.media.audio import float_to_pcm16, pcm_to_float
-from lipsync_cli.live.audio_io import MessageFn, Ticker, chunk_samples
+from lipsync_cli.live.audio_io import READ_TIMEOUT_S, AnswerSource, AudioSource, MessageFn, Ticker, chunk_samples
 from lipsync_cli.defaults import DEFAULT_REALTIME_MODEL, DEFAULT_VOICE
 from lipsync_cli.errors import AgentError
 
@@ -39,7 +39,6 @@ TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"  # for the user's side of the tra
 RECONNECT_DELAY_S = 1.0  # first wait before connecting again; doubles up to MAX_RECONNECT_DELAY_S
 MAX_RECONNECT_DELAY_S = 8.0
 CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 0.1  # how often waiting threads look at the stop flag
 
 # (role "user" or "assistant", new text, final: the turn's text is complete)
 TranscriptFn = Callable[[str, str, bool], None]
@@ -93,6 +92,7 @@ class AnswerAudio:
 
     def __init__(self):
         self.rate_hz = REALTIME_RATE_HZ
+        self.overruns = 0  # never: answers wait for their turn to play
         self._lock = threading.Lock()
         self._parts: deque[tuple[np.ndarray, str | None]] = deque()  # item None: silence
         self._ahead = 0  # samples at the head of _parts already given out by read_ahead
@@ -175,12 +175,12 @@ class AnswerAudio:
 class RealtimeAgent:
     """One conversation with OpenAI Realtime in two threads, connected again whenever it fails.
 
-    user_audio: a source with `read(timeout_s) -> (block, captured_at_s) | None` and `rate_hz`
-    (the microphone, or a file played as one). interrupt: stops the playing answer and returns
-    (item id or None, milliseconds of it that were played).
+    answer: where the answers' audio goes (an `AnswerAudio`). user_audio: the user's voice (the
+    microphone, or a file played as one). interrupt: stops the playing answer and returns (item id
+    or None, milliseconds of it that were played).
     """
 
-    def __init__(self, options: AgentOptions, *, answer: AnswerAudio, user_audio,
+    def __init__(self, options: AgentOptions, *, answer: AnswerSource, user_audio: AudioSource,
                  interrupt: Callable[[], tuple[str | None, int]], on_message: MessageFn,
                  on_transcript: TranscriptFn):
         self.options, self.answer, self.user_audio = options, answer, user_audio

@@ -7,7 +7,8 @@ callback only counts it; the reading side reports it, with what to change. The s
 silence when their queue runs dry, and a full queue drops the block.
 
 Every block is mono float32 in [-1, 1]; `captured_at_s` is `time.monotonic()` when a block's last
-sample was captured (or, for a file, when it would have been).
+sample was captured (or, for a file, when it would have been). Every source of a live session (the
+microphone, a file played as one, the agent's answers) is an `AudioSource`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -30,8 +32,37 @@ CHUNK_MS = 20  # one audio block: short enough for low latency, long enough for 
 QUEUE_BLOCKS = 50  # a queue holds 1 s of blocks before it overruns
 SPEAKER_QUEUE_BLOCKS = 10  # at most 200 ms of sound waits for the speakers (barge-in stops it at once)
 LATE_TICKS_RESYNC = 5  # a paced source this many blocks behind (the machine stalled) restarts its clock
+READ_TIMEOUT_S = 0.1  # how long a read waits: threads that read look at their stop flag this often
 
 MessageFn = Callable[[str], None]
+NO_SAMPLES = np.zeros(0, np.float32)
+
+
+class AudioSource(Protocol):
+    """Mono float32 audio in [-1, 1], released in real time, CHUNK_MS at a time."""
+
+    rate_hz: int  # the rate of every block
+    overruns: int  # blocks lost because nobody read them in time (a microphone's only)
+
+    def read(self, timeout_s: float) -> tuple[np.ndarray, float] | None:
+        """The next (n,) block and when its last sample was captured; None when none came within timeout_s."""
+
+    def read_ahead(self, max_samples: int) -> np.ndarray:
+        """Up to max_samples that will play after everything read (or read ahead) so far; empty when
+        the future is unknown (a microphone)."""
+
+    def close(self) -> None:
+        """Stop capturing; reading after this is undefined."""
+
+
+class AnswerSource(AudioSource, Protocol):
+    """An agent's spoken answers: queued as they arrive, released as they play, cut on barge-in."""
+
+    def add(self, samples: np.ndarray, item_id: str) -> None:
+        """Queue (n,) float32 samples of conversation item `item_id` after everything queued."""
+
+    def interrupt(self) -> tuple[str | None, int]:
+        """Drop the answer: (the item being played, samples of it read so far), or (None, 0)."""
 
 
 def _sounddevice():
@@ -130,6 +161,9 @@ class MicSource:
         except queue.Empty:
             return None
 
+    def read_ahead(self, max_samples: int) -> np.ndarray:
+        return NO_SAMPLES  # a microphone cannot know what comes next
+
     def close(self) -> None:
         self._stream.close()
 
@@ -165,6 +199,7 @@ class PacedFile:
 
     def __init__(self, samples: np.ndarray, rate_hz: int):
         self.samples, self.rate_hz = samples, rate_hz
+        self.overruns = 0  # never: the file waits for its reader
         self.position = 0  # samples released so far (past the end: silence)
         self._ticker = Ticker(chunk_samples(rate_hz) / rate_hz)
 
@@ -179,6 +214,9 @@ class PacedFile:
         block[:len(part)] = part
         self.position += n
         return block, tick
+
+    def read_ahead(self, max_samples: int) -> np.ndarray:
+        return NO_SAMPLES  # played as a microphone: its future is not told
 
     def close(self) -> None:
         pass

@@ -35,6 +35,7 @@ class Overlay:
     speech: bool  # the service detects speech in the frame shown
     status: str = ""  # a problem being handled, e.g. reconnecting; empty when all is well
     caption: str = ""  # the agent's current answer
+    idle: bool = False  # the avatar's own frame: the service had no mouth for it
 
 
 def check_display() -> None:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from fractions import Fraction
 from math import gcd
 from pathlib import Path
 
 import numpy as np
+import soxr
 
 from lipsync_cli.errors import AudioError
 
 SAMPLE_RATE_HZ = 16_000  # the one internal analysis rate
 PCM16_FULL_SCALE = 32767
-RESAMPLE_CUTOFF = 0.45  # anti-alias low-pass of the streaming resampler, as a share of the output rate
-RESAMPLE_FILTER_ORDER = 8
+AAC_RATES_HZ = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+AAC_FALLBACK_RATE_HZ = 48000  # for any other rate: the usual rate of video sound tracks
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,11 @@ class AudioClip:
     @property
     def duration_s(self) -> float:
         return len(self.samples) / SAMPLE_RATE_HZ
+
+
+def aac_rate_for(rate_hz: int) -> int:
+    """The rate an MP4's AAC track should use for audio at `rate_hz` (itself when AAC allows it)."""
+    return rate_hz if rate_hz in AAC_RATES_HZ else AAC_FALLBACK_RATE_HZ
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -55,56 +60,41 @@ def resample(samples: np.ndarray, *, from_rate_hz: int, to_rate_hz: int) -> np.n
 class StreamResampler:
     """Resamples a stream chunk by chunk to `to_rate_hz`; the output does not depend on the chunking.
 
-    A Butterworth low-pass (its state carried across chunks) removes what would alias, then linear
-    interpolation at exact rational positions picks the output samples. Cruder than the polyphase
-    filter `resample` uses on whole clips, but without its edge effects at every chunk boundary,
-    and plenty for the mouth driver's band levels below 8 kHz. After `flush`, the output has as
-    many samples as `resample` gives for the whole input.
+    libsoxr's streaming resampler (high quality: its filter state carries across chunks, so the
+    output is the same, to the bit, however the input is cut). It holds back about 10 ms of output
+    (its filter's look-ahead) until more input or `flush` comes. After `flush`, the output has as
+    many samples as `resample` gives for the whole input, and matches it up to the filters'
+    differences (no delay between the two).
     """
 
     def __init__(self, *, from_rate_hz: int, to_rate_hz: int = SAMPLE_RATE_HZ):
-        from scipy.signal import butter, sosfilt_zi
-
-        ratio = Fraction(from_rate_hz, to_rate_hz)  # input samples per output sample
-        self.num, self.den = ratio.numerator, ratio.denominator
-        self.sos = None
-        if from_rate_hz > to_rate_hz:
-            self.sos = butter(RESAMPLE_FILTER_ORDER, RESAMPLE_CUTOFF * to_rate_hz, fs=from_rate_hz, output="sos")
-            self.zi = sosfilt_zi(self.sos) * 0.0  # the stream starts from silence
+        self.from_rate_hz, self.to_rate_hz = from_rate_hz, to_rate_hz
+        self.stream = None
+        if from_rate_hz != to_rate_hz:
+            self.stream = soxr.ResampleStream(from_rate_hz, to_rate_hz, 1, dtype="float32", quality="HQ")
         self.n_in = 0  # input samples received
         self.n_out = 0  # output samples produced
-        self.last = np.zeros(0)  # the last input sample (filtered): the left neighbour of the next outputs
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """(n,) float32 at from_rate_hz -> (m,) float32 at to_rate_hz, everything that can be computed yet."""
-        if self.num == self.den:
+        if self.stream is None:
             return samples.astype(np.float32, copy=False)
-        x = samples.astype(np.float64)
-        if self.sos is not None and len(x):
-            from scipy.signal import sosfilt
-
-            x, self.zi = sosfilt(self.sos, x, zi=self.zi)
-        buf = np.concatenate([self.last, x])
-        self.n_in += len(x)
-        # output j sits at input position j * num / den and needs the input sample after it
-        return self._emit(buf, self.n_in - len(buf), -(-(self.n_in - 1) * self.den // self.num))
+        out = self.stream.resample_chunk(np.ascontiguousarray(samples, dtype=np.float32))
+        self.n_in += len(samples)
+        self.n_out += len(out)
+        return out
 
     def flush(self) -> np.ndarray:
-        """End of input: the remaining output samples (the last input sample is held past the end)."""
-        if self.num == self.den or self.n_in == 0:
+        """End of input: the output samples still held back."""
+        if self.stream is None:
             return np.zeros(0, dtype=np.float32)
-        return self._emit(np.concatenate([self.last, self.last]), self.n_in - 1, -(-self.n_in * self.den // self.num))
-
-    def _emit(self, buf: np.ndarray, buf_start: int, end: int) -> np.ndarray:
-        """Output samples n_out..end-1 from `buf`, which holds input samples `buf_start` on."""
-        j = np.arange(self.n_out, max(end, self.n_out), dtype=np.int64)
-        pos, rest = np.divmod(j * self.num, self.den)
-        frac = rest / self.den
-        left = pos - buf_start
-        out = buf[left] * (1.0 - frac) + buf[left + 1] * frac
-        self.n_out += len(j)
-        self.last = buf[-1:]
-        return out.astype(np.float32)
+        tail = self.stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        # soxr rounds the output length, resample_poly rounds it up: pad with the silence past the end
+        # so a stream and its whole clip give the same number of samples (and of video frames)
+        total = -(-self.n_in * self.to_rate_hz // self.from_rate_hz)
+        tail = np.concatenate([tail, np.zeros(max(0, total - self.n_out - len(tail)), dtype=np.float32)])
+        self.n_out += len(tail)
+        return tail
 
 
 def pcm_to_float(data: bytes, *, sample_type: str, channels: int) -> np.ndarray:

@@ -31,6 +31,11 @@ INNER_TOP, INNER_BOTTOM = 13, 14
 OUTER_TOP, OUTER_BOTTOM = 0, 17
 LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
 LIPS_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+MOUTH_RIGHT_INNER, MOUTH_LEFT_INNER = 78, 308  # the inner lip corners (where the lips part)
+NOSE_BASE = 2  # under the nose tip, where the skin of the upper lip begins
+# the inner lip edges, each from the right inner corner to the left one
+LIPS_INNER_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+LIPS_INNER_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
 # jaw line from ear to ear through the chin
 JAW = (234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361, 323, 454)
 

@@ -6,18 +6,19 @@ prepares a model on first use if it has no good cache yet.
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
+from cachetools import LRUCache
 
 from lipsync_cli.media.cache import REGION_PX, cache_path, check_cache, prepare_model
 from lipsync_cli.errors import CacheError
-from lipsync_cli.media.models import find_named_model, model_name, resolve_model
+from lipsync_cli.media.models import default_model, find_named_model, model_name, resolve_model
 from lipsync_cli.progress import ProgressFn
 
 DEFAULT_MODEL_LIMIT = 5
@@ -85,13 +86,13 @@ def _stat(video: Path) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class StoreStats:
-    loaded: tuple[str, ...]  # names, least recently used first
+    loaded: tuple[str, ...]  # names, in the order they were first loaded
     bytes_held: int
     limit: int
 
 
 class ModelStore:
-    """An LRU of loaded models (thread-safe). Models are looked up by name or path."""
+    """An LRU of at most `limit` loaded models (thread-safe). Models are looked up by name or path."""
 
     def __init__(self, *, cache_dir: Path | None = None, models_dir: Path | None = None,
                  limit: int = DEFAULT_MODEL_LIMIT, progress: ProgressFn | None = None):
@@ -99,7 +100,8 @@ class ModelStore:
             raise ValueError("the model limit must be at least 1")
         self.cache_dir, self.models_dir, self.limit = cache_dir, models_dir, limit
         self.progress = progress
-        self._models: OrderedDict[Path, Model] = OrderedDict()
+        # LRUCache is not thread-safe (a lookup reorders it): every access holds self._lock
+        self._models: LRUCache[Path, Model] = LRUCache(maxsize=limit)
         self._aliases: dict[str, Path] = {}  # names of videos given by path (see register)
         self._preparing: dict[Path, threading.Lock] = {}  # one lock per video being prepared
         self._lock = threading.Lock()
@@ -133,9 +135,8 @@ class ModelStore:
         """
         video = Path(spec).resolve() if isinstance(spec, Path) else self.resolve(spec, names_only=names_only).resolve()
         with self._lock:
-            model = self._models.get(video)
+            model = self._models.get(video)  # a hit makes it the most recently used
             if model is not None and _stat(video) == model.source_stat:
-                self._models.move_to_end(video)
                 return model
             video_lock = self._preparing.setdefault(video, threading.Lock())
         with video_lock:
@@ -146,11 +147,18 @@ class ModelStore:
             result = prepare_model(video, cache_dir=self.cache_dir, progress=self.progress)
             model = Model(video, result.cache)
             with self._lock:
-                self._models[video] = model
-                self._models.move_to_end(video)
-                while len(self._models) > self.limit:
-                    self._models.popitem(last=False)
+                self._models[video] = model  # drops the least recently used past the limit
             return model
+
+    def open(self, model: str | None) -> tuple[Model, str]:
+        """The loaded model for a name, a path or None, and the name it is served under.
+
+        None means the default model: the only video in models_dir, else the bundled sample.
+        A video given by path becomes reachable by its name (see `register`).
+        """
+        video = self.resolve(model) if model else default_model(models_dir=self.models_dir)
+        loaded = self.get(video)
+        return loaded, self.register(video)
 
     def is_prepared(self, video: Path) -> bool:
         """True when the video has a good cache (no work needed to load it)."""
@@ -158,5 +166,6 @@ class ModelStore:
 
     def stats(self) -> StoreStats:
         with self._lock:
-            return StoreStats(tuple(m.name for m in self._models.values()),
-                              sum(m.nbytes for m in self._models.values()), self.limit)
+            # reading an LRUCache's items marks them used: read a copy, so the order stays the callers'
+            models = list(copy.copy(self._models).values())
+        return StoreStats(tuple(m.name for m in models), sum(m.nbytes for m in models), self.limit)

@@ -17,8 +17,10 @@ import cv2  # noqa: F401  (cv2 before av: PyAV's bundled libxcb otherwise hangs 
 import numpy as np
 
 from lipsync_cli.errors import OutputError, VideoError
+# aac_rate_for: a temporary re-export until render/pipeline.py, live/audio_io.py and live/live.py
+# import it from media.audio
+from lipsync_cli.media.audio import AAC_RATES_HZ, aac_rate_for  # noqa: F401
 
-AAC_RATES_HZ = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 AAC_FRAME_SAMPLES = 1024  # the AAC encoder takes audio frames of exactly this many samples
 DEFAULT_PRESET = "veryfast"
 DEFAULT_CRF = 20
@@ -93,11 +95,6 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
                 yield _upright(frame)
         except av.FFmpegError as exc:
             raise VideoError(f"{path}: the video stream is damaged ({exc})") from exc
-
-
-def aac_rate_for(rate_hz: int) -> int:
-    """The rate an MP4's AAC track should use for audio at `rate_hz` (itself when AAC allows it)."""
-    return rate_hz if rate_hz in AAC_RATES_HZ else 48000
 
 
 def _audio_layout(channels: int) -> str:

@@ -1,8 +1,9 @@
 """`render`: speech in, a finished lip-synced MP4 out.
 
-WAV -> samples -> gRPC service (driver + generator) -> mouth regions + bounds -> compositor onto
-the model's own frames -> PyAV encoder. The service is always reached over gRPC: either one the
-user runs (`server`) or one started in-process on a free loopback port for this render.
+WAV -> samples -> gRPC service (`core.engine` behind it) -> `MouthFrame`s (mouth regions + bounds)
+-> compositor onto the model's own frames -> PyAV encoder. The service is always reached over
+gRPC: either one the user runs (`server`) or one started in-process on a free loopback port for
+this render (`rpc.embedded`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from typing import Iterator
 
 import numpy as np
 
-from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio, resample
-from lipsync_cli.core.compositor import paste_reply
-from lipsync_cli.errors import AudioError, ServiceError
-from lipsync_cli.media.models import default_model
-from lipsync_cli.progress import ProgressFn, report
-from lipsync_cli.media.store import Model, ModelStore
+from lipsync_cli.core.compositor import composite
+from lipsync_cli.core.engine import MouthFrame
+from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
+from lipsync_cli.errors import AudioError, ServiceError
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio, resample
+from lipsync_cli.media.models import default_model
+from lipsync_cli.media.store import Model, ModelStore
 from lipsync_cli.media.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, aac_rate_for, check_output_path
+from lipsync_cli.progress import ProgressFn, report
+from lipsync_cli.rpc.client import LipSyncClient
+from lipsync_cli.rpc.embedded import embedded_service
 
 
 COMPOSE_AHEAD_FRAMES = 4  # frames decoded and composited ahead of the encoder
@@ -63,41 +68,39 @@ def _service_target(options: RenderOptions, store: ModelStore):
     if options.server:
         yield options.server
         return
-    from lipsync_cli.rpc.client import embedded_service
-    from lipsync_cli.core.generator import make_generator
-
     generator = make_generator(options.generator, onnx_path=options.onnx_path)
     with embedded_service(store, generator) as target:
         yield target
 
 
-def _compose(model: Model, reply) -> tuple[np.ndarray, bool]:
-    """The full model frame a reply names, with its mouth region pasted (untouched if the region is unusable)."""
-    index = reply.model_frame % model.n_frames
+def _compose(model: Model, mouth: MouthFrame) -> tuple[np.ndarray, bool]:
+    """The full model frame `mouth` is drawn on, with its mouth pasted; untouched (False) when the
+    mouth image is missing or its bounds are unusable."""
+    index = mouth.model_frame % model.n_frames
     frame = model.frame(index)
-    return frame, paste_reply(frame, reply.prediction_data, list(reply.bounds), reference=model.region(index))
+    if mouth.image is None:
+        return frame, False
+    return frame, composite(frame, mouth.image, mouth.bounds, reference=model.region(index))
 
 
-def _composed(model: Model, replies: Iterator) -> Iterator[tuple[object, np.ndarray, bool]]:
-    """(reply, composited frame, pasted) in order; decoding and pasting run a few frames ahead of
-    the encoder in a worker thread (OpenCV releases the GIL), so they overlap with encoding."""
+def _composed(model: Model, mouths: Iterator[MouthFrame]) -> Iterator[tuple[MouthFrame, np.ndarray, bool]]:
+    """(mouth, composited frame, pasted) in order; pasting runs a few frames ahead of the encoder
+    in a worker thread (OpenCV releases the GIL), so it overlaps with encoding."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsync-compose") as pool:
         pending: deque = deque()
-        for reply in replies:
-            pending.append((reply, pool.submit(_compose, model, reply)))
+        for mouth in mouths:
+            pending.append((mouth, pool.submit(_compose, model, mouth)))
             if len(pending) >= COMPOSE_AHEAD_FRAMES:
-                reply_done, job = pending.popleft()
-                yield (reply_done, *job.result())
+                mouth_done, job = pending.popleft()
+                yield (mouth_done, *job.result())
         while pending:
-            reply_done, job = pending.popleft()
-            yield (reply_done, *job.result())
+            mouth_done, job = pending.popleft()
+            yield (mouth_done, *job.result())
 
 
 def render(audio_path: Path, output: Path, *, options: RenderOptions, store: ModelStore,
            progress: ProgressFn | None = None) -> RenderSummary:
     """Render `audio_path` spoken by the model into the MP4 `output` (atomically)."""
-    from lipsync_cli.rpc.client import LipSyncClient
-
     progress = report(progress)
     output = Path(output)
     check_output_path(output)
@@ -119,11 +122,11 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
             with Mp4Writer(output, fps=model.fps, width=model.width, height=model.height,
                            audio_rate_hz=orig_rate, audio_channels=original.shape[1],
                            preset=options.preset, crf=options.crf) as writer:
-                for reply, frame, pasted in _composed(model, frames):
-                    if reply.index != written:
-                        raise ServiceError(f"the service sent frame {reply.index} where {written} was due")
+                for mouth, frame, pasted in _composed(model, frames):
+                    if mouth.index != written:
+                        raise ServiceError(f"the service sent frame {mouth.index} where {written} was due")
                     fallbacks += not pasted
-                    speech += bool(reply.speech)
+                    speech += mouth.speech
                     writer.write_frame(frame)
                     # the audio that plays during this frame, in the file's own rate
                     a0 = first_sample_of_frame(written, fps=model.fps, sample_rate_hz=orig_rate)

@@ -1,7 +1,9 @@
-"""The client of the lip-sync gRPC service, and the in-process service `lipsync render` uses by default.
+"""The client of the lip-sync gRPC service.
 
 `LipSyncClient` talks to one server or balances round-robin over several replicas; every gRPC
-failure leaves it as a `LipsyncError` with one line a user can act on.
+failure leaves it as a `LipsyncError` with one line a user can act on. Frames come back as the
+core's own `engine.MouthFrame` (the JPEG decoded), so callers never see protobuf. The in-process
+service (`lipsync render` without `--server`) is `rpc.embedded`.
 """
 
 from __future__ import annotations
@@ -10,23 +12,25 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
 
+import cv2
 import grpc
 import numpy as np
 
-from lipsync_cli.media.audio import float_to_pcm16
+from lipsync_cli.core.driver import MouthParams
+from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
-from lipsync_cli.core.generator import MouthGenerator
+from lipsync_cli.media.audio import float_to_pcm16
+from lipsync_cli.rpc.limits import MAX_MESSAGE_BYTES
 from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_cli.rpc.service import MAX_MESSAGE_BYTES, create_server
-from lipsync_cli.media.store import ModelStore
 
 log = logging.getLogger(__name__)
 
 REQUEST_OVERHEAD_BYTES = 1024  # model name, format and framing around a clip's audio
 # gRPC name-resolver schemes a target may start with; anything else is host:port[,host:port...]
 TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+MIN_IMAGE_PX = 16  # a decoded mouth image smaller than this (or not square) is damaged: None
+CLOSED_SHAPE = "A"  # the Rhubarb letter of lips pressed together (driver.MouthParams.shape)
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -74,6 +78,30 @@ def channel_target(target: str) -> str:
     return "ipv6:" + ",".join(f"[{a}]:{port}" for a, port in addresses)
 
 
+def _decode_image(jpeg: bytes) -> np.ndarray | None:
+    """A reply's mouth JPEG as (S, S, 3) uint8 BGR; None when missing or not a square image >= MIN_IMAGE_PX."""
+    if not jpeg:
+        return None
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.shape[0] != image.shape[1] or image.shape[0] < MIN_IMAGE_PX:
+        return None
+    return image
+
+
+def from_proto(reply: lipsync_pb2.MouthFrame) -> MouthFrame:
+    """The core's MouthFrame of one reply.
+
+    The wire carries only open, shape and speech of the driver's parameters: wide and round come
+    back 0.0 and closed is rebuilt from the shape. bounds: (4,) float64, as sent (any length a
+    damaged reply has; the compositor refuses what is not 4 finite numbers).
+    """
+    params = MouthParams(open=reply.mouth_open, wide=0.0, round=0.0, closed=reply.shape == CLOSED_SHAPE,
+                         speech=reply.speech, shape=reply.shape)
+    return MouthFrame(index=reply.index, model_frame=reply.model_frame, image=_decode_image(reply.prediction_data),
+                      bounds=np.asarray(reply.bounds, np.float64), params=params,
+                      captured_at_s=reply.captured_at_s)
+
+
 def _pcm16_format(sample_rate_hz: int, channels: int) -> lipsync_pb2.AudioFormat:
     return lipsync_pb2.AudioFormat(sample_rate_hz=sample_rate_hz, channels=channels,
                                    sample_type=lipsync_pb2.PCM_S16LE)
@@ -112,8 +140,8 @@ class LipSyncClient:
             raise ServiceError(self._unavailable_message()) from exc
 
     def render_clip(self, model: str, samples: np.ndarray, sample_rate_hz: int, first_frame: int = 0
-                    ) -> Iterator[lipsync_pb2.MouthFrame]:
-        """The mouth frames of a whole clip, in order.
+                    ) -> Iterator[MouthFrame]:
+        """The mouth frames of a whole clip, in order (as `engine.render_clip` gives them, images via JPEG).
 
         samples: (n,) or (n, channels) float32 in [-1, 1] at sample_rate_hz (sent as PCM16).
         first_frame: where in the model video's ping-pong loop the clip starts.
@@ -128,8 +156,8 @@ class LipSyncClient:
         yield from self._frames(self._stub.RenderClip(request))
 
     def stream_audio(self, model: str, chunks: Iterator[tuple[np.ndarray, float]], sample_rate_hz: int,
-                     channels: int, first_frame: int = 0) -> Iterator[lipsync_pb2.MouthFrame]:
-        """Live: mouth frames as soon as the service has decided them.
+                     channels: int, first_frame: int = 0) -> Iterator[MouthFrame]:
+        """Live: mouth frames as soon as the service has decided them (as `engine.LiveEngine` gives them).
 
         chunks: (samples, captured_at_s) pairs; samples (n,) or (n, channels) float32 in [-1, 1] at
         sample_rate_hz, captured_at_s the client's monotonic clock when they were captured (echoed
@@ -163,13 +191,13 @@ class LipSyncClient:
         except grpc.RpcError as exc:
             raise self._error(exc, started=False) from exc
 
-    def _frames(self, call) -> Iterator[lipsync_pb2.MouthFrame]:
+    def _frames(self, call) -> Iterator[MouthFrame]:
         """Yield the frames of a streaming call, mapping its errors; cancels it when the caller stops early."""
         started = False
         try:
-            for frame in call:
+            for reply in call:
                 started = True
-                yield frame
+                yield from_proto(reply)
         except grpc.RpcError as exc:
             raise self._error(exc, started=started) from exc
         finally:
@@ -196,12 +224,3 @@ class LipSyncClient:
         log.debug("lip-sync call failed: %s %s", code, details)
         return ServiceError(f"the lip-sync service at {self.target} failed: {details} ({code.name})")
 
-
-@contextmanager
-def embedded_service(store: ModelStore, generator: MouthGenerator | None = None) -> Iterator[str]:
-    """Run the lip-sync service in this process on a free loopback port; yields its target ("127.0.0.1:PORT")."""
-    server, port = create_server("127.0.0.1:0", store=store, generator=generator)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)

@@ -29,23 +29,25 @@ import io
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
+from cachetools import LRUCache
 
+from lipsync_cli.core.driver import REST, MouthParams, drive
+from lipsync_cli.core.engine import MouthFrame, frames_for
+from lipsync_cli.core.generator import MouthGenerator
+from lipsync_cli.core.timing import ping_pong
+from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
 from lipsync_cli.media.audio import clip_from_samples
 from lipsync_cli.media.cache import REGION_PX
-from lipsync_cli.core.driver import REST, MouthParams, drive
-from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
-from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.media.models import VIDEO_SUFFIXES
-from lipsync_cli.rpc.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc, lipsync_pb2
-from lipsync_cli.rpc.service import AddServicer, clip_frames
 from lipsync_cli.media.store import Model, ModelStore
-from lipsync_cli.core.timing import ping_pong
+from lipsync_cli.rpc.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc
+from lipsync_cli.rpc.service import AddServicer, encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,18 @@ NO_AUDIO = np.zeros(0, dtype=np.float32)
 
 class _BadRequest(Exception):
     """The request cannot be answered as asked (a failed reply); never leaves this module."""
+
+
+@dataclass(frozen=True)
+class _Mouth:
+    """What a reply of the original API carries of one frame, encoded once and kept."""
+
+    jpeg: bytes  # the mouth image as RenderClip sends it (`service.encode_jpeg`)
+    bounds: tuple[float, ...]  # [xmin, ymin, xmax, ymax], full-frame pixels of its model frame
+
+    @classmethod
+    def of(cls, frame: MouthFrame) -> _Mouth:
+        return cls(encode_jpeg(frame), tuple(float(v) for v in frame.bounds))
 
 
 def decode_wav_base64(text: str) -> np.ndarray:
@@ -93,8 +107,8 @@ class AudioCache:
     def __init__(self, limit: int = AUDIO_CACHE_CLIPS):
         self.limit = limit
         self.decodes = 0  # WAVs decoded so far, hits not counted
-        self._samples: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._samples: LRUCache[str, np.ndarray] = LRUCache(maxsize=limit)
+        self._lock = threading.Lock()  # LRUCache is not thread-safe (a lookup reorders it)
 
     def get(self, text: str) -> tuple[str, np.ndarray]:
         """(key, samples) of a base64 WAV: the key names this audio; samples as `decode_wav_base64`."""
@@ -106,9 +120,6 @@ class AudioCache:
                 samples = decode_wav_base64(text)
                 self.decodes += 1
                 self._samples[key] = samples
-                while len(self._samples) > self.limit:
-                    self._samples.popitem(last=False)
-            self._samples.move_to_end(key)
             return key, samples
 
 
@@ -125,10 +136,10 @@ class _Clip:
         self._lock = threading.Lock()
 
     def _start(self) -> None:
-        self._rendered: list[lipsync_pb2.MouthFrame] = []
-        self._frames = clip_frames(self.model, self.generator.open_stream(self.model), self.params, self.mono)
+        self._rendered: list[_Mouth] = []
+        self._frames = frames_for(self.model, self.generator, self.params, self.mono)
 
-    def frame(self, index: int) -> lipsync_pb2.MouthFrame | None:
+    def frame(self, index: int) -> _Mouth | None:
         """Frame `index`, rendering the frames before it first where not done yet; None past the clip's end."""
         with self._lock:
             if self.params is None:
@@ -138,7 +149,7 @@ class _Clip:
                 return None
             try:
                 while len(self._rendered) <= index:
-                    self._rendered.append(next(self._frames))
+                    self._rendered.append(_Mouth.of(next(self._frames)))
             except Exception:
                 # the stream stopped half-way: the next request renders the clip afresh
                 self._start()
@@ -151,8 +162,8 @@ class ClipCache:
 
     def __init__(self, generator: MouthGenerator, limit: int = CLIP_CACHE_CLIPS):
         self.generator, self.limit = generator, limit
-        self._clips: OrderedDict[tuple[Model, str], _Clip] = OrderedDict()
-        self._lock = threading.Lock()
+        self._clips: LRUCache[tuple[Model, str], _Clip] = LRUCache(maxsize=limit)
+        self._lock = threading.Lock()  # LRUCache is not thread-safe (a lookup reorders it)
 
     def get(self, model: Model, audio_key: str, mono: np.ndarray) -> _Clip:
         """The clip of this audio on this model (a reloaded model is a new one); not rendered yet if new."""
@@ -161,9 +172,6 @@ class ClipCache:
             clip = self._clips.get(key)
             if clip is None:
                 clip = self._clips[key] = _Clip(model, self.generator, mono)
-                while len(self._clips) > self.limit:
-                    self._clips.popitem(last=False)
-            self._clips.move_to_end(key)
             return clip
 
 
@@ -176,8 +184,8 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
         self.clips = ClipCache(generator)
         # the rest mouth of a model frame is the same for every request: rendered and encoded once.
         # Keyed by the video, not the Model, so that it keeps no model the store has dropped alive.
-        self._rest: OrderedDict[tuple[Path, tuple[int, int], int], lipsync_pb2.MouthFrame] = OrderedDict()
-        self._rest_lock = threading.Lock()
+        self._rest: LRUCache[tuple[Path, tuple[int, int], int], _Mouth] = LRUCache(maxsize=REST_CACHE_FRAMES)
+        self._rest_lock = threading.Lock()  # LRUCache is not thread-safe (a lookup reorders it)
 
     def add_to(self, server: grpc.Server) -> list[str]:
         """Register on `server` (an `extra_servicers` entry of `service.create_server`)."""
@@ -245,13 +253,13 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
             reply.error = _failure(exc, "inference")
         else:
             reply.success = True
-            reply.prediction_data = frame.prediction_data
+            reply.prediction_data = frame.jpeg
             reply.bounds.extend(frame.bounds)
             reply.prediction_shape = PREDICTION_SHAPE
         reply.processing_time_ms = _ms_since(started)
         return reply
 
-    def _frame(self, model: Model, frame_id: int, audio: str | None) -> lipsync_pb2.MouthFrame:
+    def _frame(self, model: Model, frame_id: int, audio: str | None) -> _Mouth:
         if audio is not None:
             audio_key, mono = self.audio.get(audio)
             frame = self.clips.get(model, audio_key, mono).frame(frame_id)
@@ -259,20 +267,17 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
                 return frame
         return self._rest_frame(model, ping_pong(frame_id, model.n_frames))
 
-    def _rest_frame(self, model: Model, model_frame: int) -> lipsync_pb2.MouthFrame:
+    def _rest_frame(self, model: Model, model_frame: int) -> _Mouth:
         key = (model.video, model.source_stat, model_frame)
         with self._rest_lock:
-            frame = self._rest.get(key)
-            if frame is not None:
-                self._rest.move_to_end(key)
-                return frame
+            mouth = self._rest.get(key)
+        if mouth is not None:
+            return mouth
         # a fresh stream, so a frame at rest does not depend on which frames were asked before it
-        frame = next(clip_frames(model, self.generator.open_stream(model), [REST], NO_AUDIO, first_frame=model_frame))
+        mouth = _Mouth.of(next(frames_for(model, self.generator, [REST], NO_AUDIO, first_frame=model_frame)))
         with self._rest_lock:
-            self._rest[key] = frame
-            while len(self._rest) > REST_CACHE_FRAMES:
-                self._rest.popitem(last=False)
-        return frame
+            self._rest[key] = mouth
+        return mouth
 
     def _register(self, model_name: str, package_path: str) -> str:
         """The name LoadModel loads: a video named by package_path is registered under model_name or its stem."""

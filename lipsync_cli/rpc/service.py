@@ -2,8 +2,9 @@
 
 `create_server` builds a started server with the `LipSync` service, the standard health service and
 reflection, so `grpcurl`, load balancers and the tests all talk to the real thing. The service keeps
-no state beyond one call: each call decodes its audio to mono float32 at `SAMPLE_RATE_HZ`, runs the
-mouth driver over it and has the generator render each decided frame.
+no state beyond one call and is a thin adapter over `core.engine`: a call decodes and checks its
+audio, hands it to `engine.render_clip` (RenderClip) or an `engine.LiveEngine` (StreamAudio) and
+sends each `MouthFrame` back through `to_proto` (its image as a JPEG).
 
 Failures become status codes with a one-line message: a bad audio format or bad audio is
 INVALID_ARGUMENT, an unknown model NOT_FOUND, anything else INTERNAL (and logged). One bad request
@@ -22,19 +23,22 @@ from pathlib import Path
 import cv2
 import grpc
 import numpy as np
-import scipy.signal  # noqa: F401  (resampling: loaded (~0.7 s) with the server, not on a stream's first chunk)
+import scipy.signal  # noqa: F401  (RenderClip resamples with it: loaded (~0.7 s) with the server, not on a first call)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, check_samples, pcm_to_float, resample, to_mono
-from lipsync_cli.core.driver import MouthDriver, MouthParams, drive
+from lipsync_cli.core import engine
+from lipsync_cli.core.engine import MouthFrame
+from lipsync_cli.core.generator import MouthGenerator
+from lipsync_cli.core.generators import make_generator
+from lipsync_cli.core.timing import first_sample_of_frame
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
-from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES, GeneratorStream, MouthGenerator, make_generator
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, check_samples, pcm_to_float, resample, to_mono
 from lipsync_cli.media.models import served_models
-from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
 from lipsync_cli.media.store import Model, ModelStore
-from lipsync_cli.core.timing import first_sample_of_frame, frame_centre_sample, ping_pong
 from lipsync_cli.media.video import probe_video
+from lipsync_cli.rpc.limits import MAX_MESSAGE_BYTES
+from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,6 @@ MAX_RATE_HZ = 192_000
 MAX_CHANNELS = 8
 SAMPLE_TYPES = {lipsync_pb2.PCM_S16LE: "s16", lipsync_pb2.FLOAT32LE: "f32"}  # proto enum -> audio.pcm_to_float
 JPEG_QUALITY = 90
-# a whole clip travels in one message: 128 MiB is about 11 minutes of 48 kHz stereo PCM16
-MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 # An `extra_servicers` entry registers another service on the server; it may return the full names
 # of the services it added, so they are marked SERVING and listed by reflection too.
@@ -82,49 +84,21 @@ def _decode_mono(data: bytes, fmt: _Format) -> np.ndarray:
     return to_mono(samples)
 
 
-def _audio_window(buffer: np.ndarray, buffer_start: int, centre: int) -> np.ndarray:
-    """AUDIO_WINDOW_MS of samples centred on sample `centre`, from `buffer` (which holds samples
-    `buffer_start` on); zeros where the buffer has none."""
-    out = np.zeros(AUDIO_WINDOW_SAMPLES, dtype=np.float32)
-    first = centre - AUDIO_WINDOW_SAMPLES // 2
-    lo, hi = max(first, buffer_start), min(first + AUDIO_WINDOW_SAMPLES, buffer_start + len(buffer))
-    if hi > lo:
-        out[lo - first:hi - first] = buffer[lo - buffer_start:hi - buffer_start]
-    return out
+def encode_jpeg(frame: MouthFrame) -> bytes:
+    """The frame's mouth image as a JPEG at JPEG_QUALITY: what both APIs send as prediction_data."""
+    ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"JPEG encoding of the mouth image of frame {frame.index} failed")
+    return jpeg.tobytes()
 
 
-class _FrameMaker:
-    """Turns the driver's parameters for output frame i into a MouthFrame, for one call."""
-
-    def __init__(self, model: Model, stream: GeneratorStream, first_frame: int):
-        self.model, self.stream, self.first_frame = model, stream, first_frame
-
-    def make(self, index: int, params: MouthParams, audio: np.ndarray, captured_at_s: float = 0.0
-             ) -> lipsync_pb2.MouthFrame:
-        model_frame = ping_pong(self.first_frame + index, self.model.n_frames)
-        mouth = self.stream.render(model_frame=model_frame, params=params, audio=audio)
-        ok, jpeg = cv2.imencode(".jpg", mouth.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise RuntimeError(f"JPEG encoding of the mouth image of frame {index} failed")
-        return lipsync_pb2.MouthFrame(
-            index=index, prediction_data=jpeg.tobytes(), bounds=[float(v) for v in mouth.bounds],
-            speech=params.speech, model_frame=model_frame, mouth_open=params.open, shape=params.shape,
-            captured_at_s=captured_at_s)
-
-
-def clip_frames(model: Model, stream: GeneratorStream, params: Iterable[MouthParams], mono: np.ndarray,
-                *, first_frame: int = 0) -> Iterator[lipsync_pb2.MouthFrame]:
-    """The reply of each frame of a whole clip, rendered in order through one generator stream.
-
-    params: the driver's parameters of output frames 0, 1, ...; mono: the clip, (n,) float32 at
-    SAMPLE_RATE_HZ, for each frame's audio window. Frame i is drawn on model frame
-    ping_pong(first_frame + i). RenderClip and the original system's API (`legacy_service`) both
-    render through here, so they give the same frames for the same audio.
-    """
-    frames = _FrameMaker(model, stream, first_frame)
-    for i, frame_params in enumerate(params):
-        centre = frame_centre_sample(i, fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
-        yield frames.make(i, frame_params, _audio_window(mono, 0, centre))
+def to_proto(frame: MouthFrame) -> lipsync_pb2.MouthFrame:
+    """The reply of one engine frame (its image as `encode_jpeg`): the one place a MouthFrame becomes
+    protobuf. Of the driver's parameters the wire carries open, shape and speech."""
+    return lipsync_pb2.MouthFrame(
+        index=frame.index, prediction_data=encode_jpeg(frame), bounds=[float(v) for v in frame.bounds],
+        speech=frame.speech, model_frame=frame.model_frame, mouth_open=frame.params.open, shape=frame.params.shape,
+        captured_at_s=frame.captured_at_s)
 
 
 class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
@@ -147,13 +121,12 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                 raise _InvalidRequest(
                     f"{1000 * len(mono) / SAMPLE_RATE_HZ:.1f} ms of audio is shorter than one video frame "
                     f"({1000 / float(model.fps):.1f} ms at {float(model.fps):g} fps)")
-            frames = clip_frames(model, self.generator.open_stream(model), drive(mono, fps=model.fps), mono,
-                                 first_frame=request.first_frame)
+            frames = engine.render_clip(model, mono, generator=self.generator, first_frame=request.first_frame)
             for i, frame in enumerate(frames):
                 if not context.is_active():
                     log.info("RenderClip: the client went away after %d frames; stopping", i)
                     return
-                yield frame
+                yield to_proto(frame)
 
     def StreamAudio(self, request_iterator: Iterator[lipsync_pb2.AudioChunk], context: grpc.ServicerContext
                     ) -> Iterator[lipsync_pb2.MouthFrame]:
@@ -165,20 +138,21 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                                       "and the audio format")
             fmt = _check_format(first.start.format)
             model = self._model(first.start.model)
-            live = _LiveStream(model, self.generator.open_stream(model), fmt, first.start.first_frame)
+            live = engine.LiveEngine(model, self.generator, sample_rate_hz=fmt.rate_hz,
+                                     first_frame=first.start.first_frame)
             captured_at_s = first.captured_at_s
             for chunk in request_iterator:
                 if chunk.WhichOneof("body") != "audio":
                     raise _InvalidRequest("only the first message of a stream may be a StreamStart")
                 captured_at_s = chunk.captured_at_s
-                for frame in live.push(chunk.audio, captured_at_s):
+                for frame in live.push(_decode_mono(chunk.audio, fmt), captured_at_s):
                     if not context.is_active():
                         return
-                    yield frame
+                    yield to_proto(frame)
             for frame in live.flush(captured_at_s):
                 if not context.is_active():
                     return
-                yield frame
+                yield to_proto(frame)
 
     def ListModels(self, request: lipsync_pb2.ListModelsRequest, context: grpc.ServicerContext
                    ) -> lipsync_pb2.ListModelsResponse:
@@ -206,46 +180,6 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
             return info
         info.width, info.height, info.fps, info.frames = probe.width, probe.height, float(probe.fps), probe.n_frames
         return info
-
-
-class _LiveStream:
-    """One StreamAudio call: audio chunks -> 16 kHz mono -> driver -> rendered frames."""
-
-    def __init__(self, model: Model, stream: GeneratorStream, fmt: _Format, first_frame: int):
-        self.fmt, self.fps = fmt, model.fps
-        self.resampler = StreamResampler(from_rate_hz=fmt.rate_hz)
-        self.driver = MouthDriver(fps=model.fps)
-        self.frames = _FrameMaker(model, stream, first_frame)
-        self.next_index = 0
-        # recent 16 kHz audio for the generator's window: samples `history_start` on
-        self.history = np.zeros(0, dtype=np.float32)
-        self.history_start = 0
-
-    def push(self, data: bytes, captured_at_s: float) -> Iterator[lipsync_pb2.MouthFrame]:
-        """Frames completed by one chunk of interleaved PCM bytes."""
-        mono = self.resampler.push(_decode_mono(data, self.fmt))
-        return self._frames(mono, self.driver.push(mono), captured_at_s)
-
-    def flush(self, captured_at_s: float) -> Iterator[lipsync_pb2.MouthFrame]:
-        """The frames left at the end of the input."""
-        mono = self.resampler.flush()
-        decided = self.driver.push(mono) + self.driver.flush()
-        return self._frames(mono, decided, captured_at_s)
-
-    def _frames(self, mono: np.ndarray, decided: list[MouthParams], captured_at_s: float
-                ) -> Iterator[lipsync_pb2.MouthFrame]:
-        self.history = np.concatenate([self.history, mono])
-        for params in decided:
-            # a live frame goes out at once: audio that has not arrived yet is zeros in its window
-            window = _audio_window(self.history, self.history_start, self._centre(self.next_index))
-            yield self.frames.make(self.next_index, params, window, captured_at_s)
-            self.next_index += 1
-        keep_from = self._centre(self.next_index) - AUDIO_WINDOW_SAMPLES // 2
-        drop = min(max(0, keep_from - self.history_start), len(self.history))
-        self.history, self.history_start = self.history[drop:], self.history_start + drop
-
-    def _centre(self, index: int) -> int:
-        return frame_centre_sample(index, fps=self.fps, sample_rate_hz=SAMPLE_RATE_HZ)
 
 
 @contextmanager

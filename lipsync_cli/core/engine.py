@@ -1,0 +1,146 @@
+"""The core engine: speech samples in, one mouth image per output frame out, in one process.
+
+The chain, in order: samples (mono float32) -> `driver` (mouth parameters per video frame) ->
+`generator` (a 320x320 mouth region and where it goes) -> `MouthFrame`. Two entry points:
+
+- `render_clip(model, samples, generator=...)`: a whole clip, lazily, frame by frame.
+- `LiveEngine(model, generator)`: a stream; `push(samples)` returns the frames the new audio
+  completed, `flush()` the rest at the end. Pushing a clip in any chunks gives exactly the frames
+  `render_clip` gives for it.
+
+Plain arrays only: no JPEG, no protobuf, no sockets. The gRPC services, the web bridge and the
+tests all wrap these; the compositor pastes a `MouthFrame` onto its full frame.
+
+Frame i of a clip or stream is drawn on model frame `ping_pong(first_frame + i)` and shows the
+audio from `first_sample_of_frame(i)` on (the one clock, `timing.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipsync_cli.core.driver import MouthDriver, MouthParams, drive
+from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES, GeneratorStream, MouthGenerator
+from lipsync_cli.core.timing import frame_centre_sample, ping_pong
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, check_samples
+from lipsync_cli.media.store import Model
+
+
+@dataclass(frozen=True)
+class MouthFrame:
+    """The mouth of one output frame."""
+
+    index: int  # output frame index within its clip or stream (0 = the first)
+    model_frame: int  # the model video frame it is drawn on
+    image: np.ndarray | None  # (S, S, 3) uint8 BGR mouth region (S = 320); None: unusable (came damaged off a wire)
+    bounds: np.ndarray  # (4,) float [xmin, ymin, xmax, ymax]: where the region goes, full-frame pixels
+    params: MouthParams  # what the driver decided for this frame
+    captured_at_s: float = 0.0  # live: the caller's clock when the audio completing this frame was captured
+
+    @property
+    def speech(self) -> bool:
+        return self.params.speech
+
+
+def audio_window(buffer: np.ndarray, buffer_start: int, centre: int) -> np.ndarray:
+    """AUDIO_WINDOW_SAMPLES of mono audio centred on sample `centre`, from `buffer` (which holds
+    samples `buffer_start` on); zeros where the buffer has none."""
+    out = np.zeros(AUDIO_WINDOW_SAMPLES, dtype=np.float32)
+    first = centre - AUDIO_WINDOW_SAMPLES // 2
+    lo, hi = max(first, buffer_start), min(first + AUDIO_WINDOW_SAMPLES, buffer_start + len(buffer))
+    if hi > lo:
+        out[lo - first:hi - first] = buffer[lo - buffer_start:hi - buffer_start]
+    return out
+
+
+class _FrameMaker:
+    """Driver parameters of output frame i -> its MouthFrame, through one generator stream."""
+
+    def __init__(self, model: Model, stream: GeneratorStream, first_frame: int):
+        self.model, self.stream, self.first_frame = model, stream, first_frame
+
+    def make(self, index: int, params: MouthParams, audio: np.ndarray, captured_at_s: float = 0.0) -> MouthFrame:
+        model_frame = ping_pong(self.first_frame + index, self.model.n_frames)
+        mouth = self.stream.render(model_frame=model_frame, params=params, audio=audio)
+        return MouthFrame(index=index, model_frame=model_frame, image=mouth.image,
+                          bounds=np.asarray(mouth.bounds, np.float64), params=params, captured_at_s=captured_at_s)
+
+
+def frames_for(model: Model, generator: MouthGenerator, params: Iterable[MouthParams], mono: np.ndarray, *,
+               first_frame: int = 0) -> Iterator[MouthFrame]:
+    """The MouthFrame of each of `params` (frames 0, 1, ... of a clip), in order.
+
+    mono: the whole clip, (n,) float32 at SAMPLE_RATE_HZ, for each frame's audio window. Callers
+    that already hold the driver's output (the original system's API caches it) start here.
+    """
+    maker = _FrameMaker(model, generator.open_stream(model), first_frame)
+    for i, frame_params in enumerate(params):
+        centre = frame_centre_sample(i, fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
+        yield maker.make(i, frame_params, audio_window(mono, 0, centre))
+
+
+def render_clip(model: Model, samples: np.ndarray, *, generator: MouthGenerator, first_frame: int = 0
+                ) -> Iterator[MouthFrame]:
+    """Every output frame of a whole clip, in order.
+
+    samples: (n,) float32 mono at SAMPLE_RATE_HZ. first_frame: where in the model video's
+    ping-pong loop the clip starts. Yields `frame_count(n)` frames, lazily.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    check_samples(samples, what="the audio")
+    return frames_for(model, generator, drive(samples, fps=model.fps), samples, first_frame=first_frame)
+
+
+class LiveEngine:
+    """One live stream: audio chunks in, the frames they complete out.
+
+    sample_rate_hz: the rate of the pushed mono samples (resampled to SAMPLE_RATE_HZ inside, the
+    same way whatever the chunking). A frame goes out as soon as the driver has decided it; audio
+    that has not arrived yet is zeros in its generator window.
+    """
+
+    def __init__(self, model: Model, generator: MouthGenerator, *, sample_rate_hz: int = SAMPLE_RATE_HZ,
+                 first_frame: int = 0):
+        self.fps = model.fps
+        self.resampler = StreamResampler(from_rate_hz=sample_rate_hz)
+        self.driver = MouthDriver(fps=model.fps)
+        self.maker = _FrameMaker(model, generator.open_stream(model), first_frame)
+        self.next_index = 0
+        # recent SAMPLE_RATE_HZ audio for the generator's window: samples `history_start` on
+        self.history = np.zeros(0, dtype=np.float32)
+        self.history_start = 0
+
+    def push(self, samples: np.ndarray, captured_at_s: float = 0.0) -> list[MouthFrame]:
+        """The frames completed by (n,) float32 mono samples at the stream's rate (any n, 0 too).
+
+        captured_at_s: the caller's clock when these samples were captured, stamped on the frames
+        they complete (for latency).
+        """
+        samples = np.asarray(samples, dtype=np.float32)
+        check_samples(samples, what="the audio")
+        mono = self.resampler.push(samples)
+        return self._frames(mono, self.driver.push(mono), captured_at_s)
+
+    def flush(self, captured_at_s: float = 0.0) -> list[MouthFrame]:
+        """End of the stream: the frames still undecided (audio past the end counts as silence)."""
+        mono = self.resampler.flush()
+        decided = self.driver.push(mono) + self.driver.flush()
+        return self._frames(mono, decided, captured_at_s)
+
+    def _frames(self, mono: np.ndarray, decided: list[MouthParams], captured_at_s: float) -> list[MouthFrame]:
+        self.history = np.concatenate([self.history, mono])
+        out = []
+        for params in decided:
+            window = audio_window(self.history, self.history_start, self._centre(self.next_index))
+            out.append(self.maker.make(self.next_index, params, window, captured_at_s))
+            self.next_index += 1
+        keep_from = self._centre(self.next_index) - AUDIO_WINDOW_SAMPLES // 2
+        drop = min(max(0, keep_from - self.history_start), len(self.history))
+        self.history, self.history_start = self.history[drop:], self.history_start + drop
+        return out
+
+    def _centre(self, index: int) -> int:
+        return frame_centre_sample(index, fps=self.fps, sample_rate_hz=SAMPLE_RATE_HZ)

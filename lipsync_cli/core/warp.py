@@ -1,0 +1,274 @@
+"""Opening and closing a mouth by warping its region image, and drawing the inner mouth where the
+image has none to stretch.
+
+Distances across the mouth are measured in half-widths of its inner lip line (`hw`, the centre to
+an inner corner) or, for the opening profile, in `u`: -1..1 across the part of that line that opens
+(SLIT_FRACTION of it). Vertical distances are region pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from lipsync_cli.core.region import smoothstep
+from lipsync_cli.media import face as F
+
+UPPER_SHARE = 0.1  # of an opening, how much the upper lip rises (the jaw does the rest, as in people)
+SLIT_FRACTION = 0.9  # the share of the inner-lip width that opens; the corners stay together
+STRETCH_MAX = 2.5  # how far a real inner mouth may be stretched before it is drawn instead
+MIN_MOUTH_WIDTH_PX = 4  # inner corners closer than this: no mouth to warp
+MIN_GAP_CHANGE_PX = 0.6  # a gap this close to the target is left as it is...
+MIN_SCALE_CHANGE = 0.01  # ...unless the width changes by more than this factor
+# the jaw: the whole lower face below the mouth drops with the opening, the chin most (the jaw turns
+# about the ears), the jawline with it, the neck below stays; distances across in shares of the
+# jaw's half-width (mouth centre to the jawline at 58 / 288) on each side
+JAW_LOWER = (58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288)  # angle, chin, angle
+JAW_SIDE_SHARE = 0.35  # at the jaw's angles the face drops this share of the chin's drop...
+JAW_OUTSIDE_FADE = 0.3  # ...and beyond them it fades to nothing over this share of the half-width
+JAW_RAMP_SHARE = 0.9  # beside the opening the cheek reaches the jaw's drop over this share of lip-to-jawline
+WORK_TOP_SHARE = 0.3  # the work window starts this share of the way from the nose base down to the upper lip
+WORK_MARGIN_PX = 4  # the window reaches below the jawline by the fade, the drop and this margin
+MIN_WORK_PX = 4  # a window narrower or shorter than this is not worth warping
+# the opening profile across the mouth (a function of u)
+OPEN_LENS_POWER = 0.5  # opening: (1 - u^2) ** this, a rounded opening between the corners (a pointed lens reads shut)
+CLOSE_PROFILE_ORDER = 6  # closing: (1 - u^6) ** CLOSE_PROFILE_POWER, fuller so no sliver of gap stays
+CLOSE_PROFILE_POWER = 0.5
+LIP_LIFT_HALF_WIDTH = 1.6  # columns this many u out no longer rise with the upper lip
+SKIN_RAMP_HALF_WIDTHS = 0.9  # the shortest ramp (in hw) of the skin beside the slit to the full shift
+CHIN_FADE_SHARE = 0.45  # below the jawline the shift fades out over this share of the lower lip-to-chin distance...
+FADE_PER_DROP = 1.6  # ...and over at least this many times the drop (the neck is squeezed, never folded)
+NOSE_FADE_SHARE = 0.8  # above the upper lip the shift fades out over this share of the lip-to-nose distance
+MIN_FADE_PX = 4.0  # the shortest fade
+INVERSE_STEPS = 3  # fixed-point steps inverting the lower displacement field (enough below 1 px)
+MIN_SPAN_PX = 1e-3  # guards the division by the new gap's height
+# lips spread (wide) or purse (round): columns squeeze about the centre under a Gaussian bell
+SPREAD_HALF_WIDTHS = 1.6  # the bell's horizontal scale, in hw
+SPREAD_HALF_HEIGHTS = 1.2  # its vertical scale about the gap's centre, in hw
+MIN_STRETCH_GAP_PX = 2.0  # a source gap narrower than this has no inner mouth to stretch
+MIN_DRAWN_GAP_PX = 1.0  # the inner mouth is drawn only where the new gap is wider than this
+
+# the drawn inner mouth, in this person's colours (`InteriorLook`): BGR factors on the lip colour
+DEFAULT_LIP_BGR = (90, 90, 150)  # when the lips cannot be found
+DEFAULT_SKIN_LEVEL = 160.0  # grey level of the face when the skin cannot be measured
+SKIN_POINTS = (50, 280, 205, 425)  # cheeks under the eyes and beside the nose, lit as the face is
+SKIN_PATCH_SHARE = 0.15  # each skin patch's half-side, as a share of the inner-lip width
+INTERIOR_SHADE = 0.10  # the interior's brightness relative to the lips, deep inside...
+BOUNCE_SHADE = 0.06  # ...plus this much near the lips (light bouncing in)...
+BOUNCE_PX = 2.5  # ...falling off over this distance from them...
+CENTRE_SHADE = 0.05  # ...plus this much at the centre column, none at the corners
+INTERIOR_TINT_BGR = (0.55, 0.55, 0.78)  # a dark, slightly warm hole: not the lips' red
+TEETH_MIN_GAP_PX = 4  # upper teeth show in a gap wider than this
+TEETH_TINT_BGR = (0.86, 0.93, 1.0)  # ivory
+TEETH_SKIN_GAIN = 1.15  # the teeth are lit as the face is: a little brighter than the skin...
+TEETH_MIN_LEVEL, TEETH_MAX_LEVEL = 140.0, 220.0  # ...within these grey levels
+TEETH_GAP_SHARE = 0.36  # the upper teeth show at most this share of the gap...
+TEETH_WIDTH_SHARE = 0.16  # ...and of the inner-lip width, plus one pixel
+LOWER_TEETH_MIN_GAP_PX = 8  # lower teeth show in a gap wider than this...
+LOWER_TEETH_GAP_SHARE = 0.14  # ...at most this share of it...
+LOWER_TEETH_WIDTH_SHARE = 0.06  # ...and of the inner-lip width
+LOWER_TEETH_LIGHT = 0.6  # they sit in the lower lip's shade
+TEETH_NARROWING = 1.4  # the teeth arc shortens with u^2 times this towards the corners
+TEETH_HALF_SPAN = 0.8  # no teeth beyond this |u|
+TEETH_EDGE_PX = 1.2  # the teeth's free edge blends over this many pixels
+TEETH_CORNER_DARKEN = 0.45  # teeth light falls by this times u^2 towards the corners
+TEETH_ROOT_LIGHT = 0.75  # at the upper lip the teeth are this bright, full at their edge
+LIP_SHADOW_PX, LIP_SHADOW_LIGHT = 1.5, 0.55  # the upper lip's shadow on the teeth: its depth and darkest light
+TONGUE_MIN_GAP_PX = 12  # a tongue shows in a gap wider than this
+TONGUE_HALF_WIDTH = 0.6  # the tongue's half-width in u
+TONGUE_HEIGHT_SHARE = 0.3  # its height as a share of the widest gap
+TONGUE_TINT_BGR = (0.36, 0.36, 0.5)  # in the shade of the mouth
+TONGUE_OPACITY = 0.8
+EDGE_BLUR_KERNEL_PX, EDGE_BLUR_SIGMA_PX = 5, 1.0  # the drawn interior's edge softness
+COLOUR_BLUR_SIGMA_PX = 0.9  # the drawn interior is this soft (a real one is never sharp)
+
+
+@dataclass(frozen=True)
+class InteriorLook:
+    """The colours a drawn inner mouth is made of, for one person: measured once (`interior_look`)
+    and reused on every frame, so the inside of the mouth does not change from frame to frame."""
+
+    lip_bgr: tuple[float, float, float]  # mean colour of the lips
+    skin_level: float  # grey level of the lit face (the teeth are lit alike)
+
+
+def interior_look(images: list[np.ndarray], points: list[np.ndarray]) -> InteriorLook:
+    """The median look over some region images (S, S, 3) uint8 BGR with their (468, 2) landmarks."""
+    lips = np.array([_lip_colour(img, pts) for img, pts in zip(images, points)], np.float32)
+    skins = [_skin_level(img, pts) for img, pts in zip(images, points)]
+    if len(lips) == 0:
+        return InteriorLook(DEFAULT_LIP_BGR, DEFAULT_SKIN_LEVEL)
+    lip = np.median(lips, axis=0)
+    return InteriorLook((float(lip[0]), float(lip[1]), float(lip[2])), float(np.median(skins)))
+
+
+def _contour_y(pts: np.ndarray, idx: tuple[int, ...], xs: np.ndarray) -> np.ndarray:
+    """The y of the contour through landmarks `idx`, interpolated at columns `xs`."""
+    c = pts[list(idx)]
+    order = np.argsort(c[:, 0])
+    return np.interp(xs, c[order, 0], c[order, 1])
+
+
+def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x: float = 1.0,
+              has_interior: bool = True, look: InteriorLook | None = None) -> np.ndarray:
+    """Open or close the mouth of a region image to `target_gap_px` at its centre.
+
+    img: (S, S, 3) uint8 BGR region; pts: (468, 2) its landmarks in region pixels. The lower lip and
+    jaw move down (the upper lip a little up) with a lens-shaped opening between the inner corners;
+    the skin around follows smoothly. Where the source has a real open mouth (`has_interior`) it is
+    stretched; where it has none, the inner mouth is drawn. scale_x > 1 spreads the lips, < 1
+    purses them. Returns a new image, or `img` itself when nothing needs to change.
+    """
+    size = img.shape[0]
+    xl, xr = float(pts[F.MOUTH_RIGHT_INNER, 0]), float(pts[F.MOUTH_LEFT_INNER, 0])
+    if xr - xl < MIN_MOUTH_WIDTH_PX:
+        return img
+    cx, hw = (xl + xr) / 2, (xr - xl) / 2
+    y_top_c = float(_contour_y(pts, F.LIPS_INNER_UPPER, np.array([cx]))[0])
+    y_bot_c = float(_contour_y(pts, F.LIPS_INNER_LOWER, np.array([cx]))[0])
+    gap_c = max(0.0, y_bot_c - y_top_c)
+    delta = target_gap_px - gap_c
+    if abs(delta) < MIN_GAP_CHANGE_PX and abs(scale_x - 1) < MIN_SCALE_CHANGE:
+        return img
+    chin_y = float(pts[F.CHIN, 1])
+    nose_y = float(pts[F.NOSE_BASE, 1])
+    jaw_pts = pts[list(JAW_LOWER)]
+    side_l = max(cx - float(jaw_pts[:, 0].min()), hw)  # the jaw's half-width either side of the centre
+    side_r = max(float(jaw_pts[:, 0].max()) - cx, hw)
+    d_low = (1 - UPPER_SHARE) * delta
+    d_up = UPPER_SHARE * delta
+    fade_px = max(CHIN_FADE_SHARE * (chin_y - y_bot_c), FADE_PER_DROP * abs(d_low), MIN_FADE_PX)
+    reach = 1 + JAW_OUTSIDE_FADE
+    x0, x1 = int(max(0, cx - reach * side_l)), int(min(size, np.ceil(cx + reach * side_r)))
+    y0 = int(max(0, nose_y + WORK_TOP_SHARE * (y_top_c - nose_y)))
+    y1 = int(min(size, float(jaw_pts[:, 1].max()) + fade_px + abs(d_low) + WORK_MARGIN_PX))
+    if y1 - y0 < MIN_WORK_PX or x1 - x0 < MIN_WORK_PX:
+        return img
+    xs = np.arange(x0, x1, dtype=np.float32)
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    u = (xs - cx) / (SLIT_FRACTION * hw)
+    y_top = _contour_y(pts, F.LIPS_INNER_UPPER, xs).astype(np.float32)
+    y_bot = _contour_y(pts, F.LIPS_INNER_LOWER, xs).astype(np.float32)
+    inside = np.abs(u) < 1  # outside the opening part the lips stay as the source has them
+    right_y, left_y = pts[F.MOUTH_RIGHT_INNER, 1], pts[F.MOUTH_LEFT_INNER, 1]
+    y_top = np.where(inside, y_top, np.float32(right_y + (left_y - right_y) * (xs > cx)))
+    y_bot = np.where(inside, np.maximum(y_bot, y_top), y_top)
+    src_gap = y_bot - y_top
+    if delta >= 0:
+        slit = np.clip(1 - u ** 2, 0, 1) ** OPEN_LENS_POWER
+    else:
+        slit = np.clip(1 - u ** CLOSE_PROFILE_ORDER, 0, 1) ** CLOSE_PROFILE_POWER
+    # how much each column follows the jaw: all of it at the chin, JAW_SIDE_SHARE at the angles, none outside
+    side = np.abs(xs - cx) / np.where(xs < cx, side_l, side_r)
+    jaw = (1 - (1 - JAW_SIDE_SHARE) * smoothstep(side)) * (1 - smoothstep((side - 1) / JAW_OUTSIDE_FADE))
+    jaw_y = np.maximum(_contour_y(pts, JAW_LOWER, xs), y_bot + MIN_FADE_PX).astype(np.float32)
+    ramp_px = np.maximum(JAW_RAMP_SHARE * (jaw_y - y_bot), SKIN_RAMP_HALF_WIDTHS * hw).astype(np.float32)
+    lip_up = 0.5 * (1 + np.cos(np.pi * np.clip(u / LIP_LIFT_HALF_WIDTH, -1, 1)))
+
+    def lower_shift(y: np.ndarray) -> np.ndarray:
+        """The jaw's drop at source rows `y`: full right under the lip inside the slit, ramping up
+        beside it, fading out below the jawline."""
+        ramp = slit + (1 - slit) * smoothstep((y - y_bot) / ramp_px)
+        return d_low * jaw * ramp * (1 - smoothstep((y - jaw_y) / fade_px))
+
+    above = y_top - ys
+    ramp_up = slit + (1 - slit) * smoothstep(above / (SKIN_RAMP_HALF_WIDTHS * hw))
+    fade_nose = 1 - smoothstep(above / max(NOSE_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX))
+    dy_up = (-d_up * lip_up * ramp_up * fade_nose).astype(np.float32)
+    new_top = y_top - d_up * lip_up * slit
+    new_bot = y_bot + d_low * jaw * slit
+    # destination -> source rows (inverse map; the lower field is inverted by fixed-point steps)
+    src_y_low = ys - lower_shift(ys)
+    for _ in range(INVERSE_STEPS):
+        src_y_low = ys - lower_shift(src_y_low)
+    src_y_up = ys - dy_up
+    in_gap = (ys > new_top) & (ys < new_bot)
+    t = np.clip((ys - new_top) / np.maximum(new_bot - new_top, MIN_SPAN_PX), 0, 1)
+    src_y_gap = y_top + t * src_gap
+    lower_side = ys >= new_bot
+    map_y = np.where(lower_side, src_y_low, np.where(in_gap, src_y_gap, src_y_up)).astype(np.float32)
+    bell = np.exp(-(((xs - cx) / (SPREAD_HALF_WIDTHS * hw)) ** 2)
+                  - (((ys - (y_top_c + y_bot_c) / 2) / (SPREAD_HALF_HEIGHTS * hw)) ** 2))
+    map_x = (xs - (xs - cx) * (1 - 1 / scale_x) * bell).astype(np.float32)
+    map_x = np.broadcast_to(map_x, map_y.shape).astype(np.float32)
+    patch = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # the source's own inner mouth is stretched up to STRETCH_MAX; past that it would smear, so it is drawn
+    stretch_ok = has_interior & (src_gap >= MIN_STRETCH_GAP_PX) & (src_gap * STRETCH_MAX >= new_bot - new_top)
+    need = in_gap & ~stretch_ok & (new_bot - new_top > MIN_DRAWN_GAP_PX)
+    rows = np.flatnonzero(need.any(axis=1))
+    if len(rows):
+        r0, r1 = rows[0], rows[-1] + 1
+        look = look or interior_look([img], [pts])
+        patch[r0:r1] = _draw_interior(patch[r0:r1], need[r0:r1], t[r0:r1], u, new_top, new_bot, look, 2 * hw)
+    out = img.copy()
+    out[y0:y1, x0:x1] = patch
+    return out
+
+
+def _lip_colour(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(3,) float32 BGR: the mean colour of the lips (between their outer and inner outlines)."""
+    mask = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(pts[list(F.LIPS_OUTER)]).astype(np.int32)], 255)
+    cv2.fillPoly(mask, [np.round(pts[list(F.LIPS_INNER)]).astype(np.int32)], 0)
+    if mask.any():
+        return np.array(cv2.mean(img, mask)[:3], np.float32)
+    return np.array(DEFAULT_LIP_BGR, np.float32)
+
+
+def _skin_level(img: np.ndarray, pts: np.ndarray) -> float:
+    """The median grey level of small patches of cheek skin (DEFAULT_SKIN_LEVEL when none is in the image)."""
+    grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    half = max(1, int(SKIN_PATCH_SHARE * (pts[F.MOUTH_LEFT_INNER, 0] - pts[F.MOUTH_RIGHT_INNER, 0])))
+    levels = []
+    for x, y in np.round(pts[list(SKIN_POINTS)]).astype(int):
+        patch = grey[max(0, y - half):y + half + 1, max(0, x - half):x + half + 1]
+        if patch.size:
+            levels.append(float(np.median(patch)))
+    return float(np.median(levels)) if levels else DEFAULT_SKIN_LEVEL
+
+
+def _teeth(depth_px, height_px, au, gap_px, level: float, light_min: float):
+    """(opacity, light) of a band of teeth `height_px` deep from its root (depth 0), narrowing to the corners."""
+    h = height_px * np.clip(1 - au ** 2 * TEETH_NARROWING, 0, 1)
+    on = np.clip((h - depth_px) / TEETH_EDGE_PX, 0, 1) * (au < TEETH_HALF_SPAN) * (gap_px > 0)
+    light = (1 - TEETH_CORNER_DARKEN * au ** 2) * (
+        light_min + (1 - light_min) * np.clip(depth_px / np.maximum(h, 1), 0, 1))
+    return on, level * light * np.clip(depth_px / LIP_SHADOW_PX, LIP_SHADOW_LIGHT, 1)
+
+
+def _draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner_width_px: float) -> np.ndarray:
+    """Paint a shaded inner mouth (dark interior, upper and lower teeth, tongue) into the gap pixels.
+
+    patch: (R, C, 3) uint8 rows of the work window; need: (R, C) bool, the pixels to paint; t: (R, C)
+    0 at the new upper lip to 1 at the new lower lip; u, new_top, new_bot: (C,) per column. The
+    result depends only on these and `look`: equal openings give equal interiors.
+    """
+    lip = np.array(look.lip_bgr, np.float32)
+    gap_px = np.maximum(new_bot - new_top, 0)[None, :]  # per column
+    full_gap = float(gap_px.max()) or 1.0
+    au = np.abs(u)[None, :]
+    depth_px = t * gap_px  # distance below the upper lip
+    height_px = (1 - t) * gap_px  # distance above the lower lip
+    edge = np.minimum(depth_px, height_px)
+    shade = INTERIOR_SHADE + BOUNCE_SHADE * np.exp(-edge / BOUNCE_PX) + CENTRE_SHADE * (1 - au ** 2)
+    colour = (lip * np.array(INTERIOR_TINT_BGR, np.float32))[None, None, :] * shade[..., None]
+    ivory = np.array(TEETH_TINT_BGR, np.float32)
+    level = min(TEETH_MAX_LEVEL, max(TEETH_MIN_LEVEL, TEETH_SKIN_GAIN * look.skin_level))
+    if full_gap > TEETH_MIN_GAP_PX:  # upper teeth: an arc under the upper lip
+        band = np.minimum(TEETH_GAP_SHARE * gap_px, TEETH_WIDTH_SHARE * inner_width_px + 1)
+        on, light = _teeth(depth_px, band, au, gap_px, level, TEETH_ROOT_LIGHT)
+        colour = colour * (1 - on[..., None]) + ivory * light[..., None] * on[..., None]
+    if full_gap > TONGUE_MIN_GAP_PX:  # tongue: a soft mound low in a wide-open mouth
+        mound = np.clip(1 - (au / TONGUE_HALF_WIDTH) ** 2 - (height_px / (TONGUE_HEIGHT_SHARE * full_gap)) ** 2, 0, 1)
+        m = (TONGUE_OPACITY * mound)[..., None]
+        colour = colour * (1 - m) + (lip * np.array(TONGUE_TINT_BGR, np.float32)) * m
+    if full_gap > LOWER_TEETH_MIN_GAP_PX:  # lower teeth: a thin shaded edge above the lower lip
+        band = np.minimum(LOWER_TEETH_GAP_SHARE * gap_px, LOWER_TEETH_WIDTH_SHARE * inner_width_px + 1)
+        on, light = _teeth(height_px, band, au, gap_px, level * LOWER_TEETH_LIGHT, TEETH_ROOT_LIGHT)
+        colour = colour * (1 - on[..., None]) + ivory * light[..., None] * on[..., None]
+    kernel = (EDGE_BLUR_KERNEL_PX, EDGE_BLUR_KERNEL_PX)
+    alpha = cv2.GaussianBlur(need.astype(np.float32), kernel, EDGE_BLUR_SIGMA_PX)[..., None]
+    colour = cv2.GaussianBlur(colour.astype(np.float32), (0, 0), COLOUR_BLUR_SIGMA_PX)
+    return (patch.astype(np.float32) * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)

@@ -1,0 +1,117 @@
+"""The core engine (`core/engine.py`) on the sample model: a clip, a live stream in odd chunks, and
+RenderClip over a real gRPC server, which must all give the same frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_SPEECH
+from lipsync_cli.core.engine import LiveEngine, MouthFrame, render_clip
+from lipsync_cli.core.generators import make_generator
+from lipsync_cli.core.timing import frame_count, ping_pong
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, load_audio, resample
+from lipsync_cli.rpc.client import LipSyncClient
+from lipsync_cli.rpc.service import create_server
+
+CLIP_S = 3.0  # of the sample speech: speech and a pause, quick to render
+CHUNK_SAMPLES = (37, 640, 4410)  # odd sizes: a frame (640 at 16 kHz) completes inside, across and between chunks
+LIVE_RATES_HZ = (SAMPLE_RATE_HZ, 44_100)  # pushed as is, and resampled inside the engine
+WIRE_OPEN_TOLERANCE = 1e-4  # PCM16 audio and float32 numbers on the wire (measured: about 5e-6)
+# mean absolute grey-level difference a JPEG at quality 90 may add to a mouth image (measured: up to
+# 1.5; consecutive frames of speech differ by about 3.4)
+JPEG_TOLERANCE = 2.5
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return make_generator()
+
+
+@pytest.fixture(scope="module")
+def speech_16k() -> np.ndarray:
+    """CLIP_S of the sample speech: (n,) float32 at SAMPLE_RATE_HZ."""
+    return load_audio(SAMPLE_SPEECH).samples[: int(CLIP_S * SAMPLE_RATE_HZ)]
+
+
+@pytest.fixture(scope="module")
+def clip(sample_model, generator, speech_16k) -> list[MouthFrame]:
+    return list(render_clip(sample_model, speech_16k, generator=generator))
+
+
+def _live(model, generator, samples: np.ndarray, rate_hz: int, chunk: int, first_frame: int = 0) -> list[MouthFrame]:
+    engine = LiveEngine(model, generator, sample_rate_hz=rate_hz, first_frame=first_frame)
+    frames = []
+    for k, start in enumerate(range(0, len(samples), chunk)):
+        frames += engine.push(samples[start:start + chunk], captured_at_s=float(k))
+    return frames + engine.flush(captured_at_s=-1.0)
+
+
+def _same_mouths(got: list[MouthFrame], expected: list[MouthFrame], *, over_the_wire: bool) -> None:
+    """Frame for frame the same; `over_the_wire`: up to what PCM16, float32 and JPEG change."""
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert (a.index, a.model_frame) == (b.index, b.model_frame)
+        assert (a.params.shape, a.params.speech, a.params.closed) == (b.params.shape, b.params.speech,
+                                                                      b.params.closed), a.index
+        assert a.image is not None and a.image.shape == b.image.shape == (320, 320, 3)
+        if over_the_wire:
+            assert a.params.open == pytest.approx(b.params.open, abs=WIRE_OPEN_TOLERANCE), a.index
+            np.testing.assert_allclose(a.bounds, b.bounds, rtol=1e-6)
+            diff = np.abs(a.image.astype(np.int16) - b.image).mean()
+            assert diff < JPEG_TOLERANCE, f"frame {a.index}: mean difference {diff:.2f}"
+        else:
+            assert a.params == b.params, a.index
+            assert np.array_equal(a.bounds, b.bounds), a.index
+            assert np.array_equal(a.image, b.image), f"frame {a.index}: the mouth image differs"
+
+
+def test_a_clip_gives_one_frame_per_video_frame(sample_model, speech_16k, clip):
+    assert len(clip) == frame_count(len(speech_16k), fps=sample_model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
+    assert [f.index for f in clip] == list(range(len(clip)))
+    assert [f.model_frame for f in clip] == [ping_pong(i, sample_model.n_frames) for i in range(len(clip))]
+    assert all(f.image.dtype == np.uint8 and f.bounds.shape == (4,) for f in clip)
+    speaking = [f.speech for f in clip]
+    assert any(speaking) and not all(speaking), "real speech has both speech and pauses"
+    assert len({f.image.tobytes() for f in clip}) > len(clip) // 4, "the mouth moves"
+
+
+@pytest.mark.parametrize("rate_hz", LIVE_RATES_HZ)
+@pytest.mark.parametrize("chunk", CHUNK_SAMPLES)
+def test_a_stream_in_any_chunks_gives_the_clips_frames(sample_model, generator, speech_16k, clip, rate_hz, chunk):
+    if rate_hz == SAMPLE_RATE_HZ:
+        pushed, expected = speech_16k, clip
+    else:
+        # the engine resamples a stream with StreamResampler: the clip to compare is that of its output
+        pushed = resample(speech_16k, from_rate_hz=SAMPLE_RATE_HZ, to_rate_hz=rate_hz)
+        whole = StreamResampler(from_rate_hz=rate_hz)
+        as_16k = np.concatenate([whole.push(pushed), whole.flush()])
+        expected = list(render_clip(sample_model, as_16k, generator=generator))
+    live = _live(sample_model, generator, pushed, rate_hz, chunk)
+    # the own generator draws from the parameters alone, so even the images match
+    _same_mouths(live, expected, over_the_wire=False)
+    # each frame is stamped with the chunk that completed it, in order; the rest with flush's stamp
+    stamps = [f.captured_at_s for f in live]
+    pushed_stamps = [s for s in stamps if s >= 0]
+    assert pushed_stamps == sorted(pushed_stamps) and stamps[:len(pushed_stamps)] == pushed_stamps
+
+
+def test_first_frame_shifts_the_model_frames_by_ping_pong(sample_model, generator, speech_16k, clip):
+    first_frame = sample_model.n_frames - 10  # the clip crosses the turn of the loop
+    shifted = list(render_clip(sample_model, speech_16k, generator=generator, first_frame=first_frame))
+    live = _live(sample_model, generator, speech_16k, SAMPLE_RATE_HZ, 640, first_frame=first_frame)
+    expected = [ping_pong(first_frame + i, sample_model.n_frames) for i in range(len(clip))]
+    assert [f.model_frame for f in shifted] == [f.model_frame for f in live] == expected
+    assert expected != [f.model_frame for f in clip]
+    assert [f.params for f in shifted] == [f.params for f in clip], "where it is drawn does not change what is said"
+
+
+def test_render_clip_over_grpc_is_the_engines_clip(store, sample_model, generator, speech_16k, clip):
+    server, port = create_server(store=store, generator=generator)
+    try:
+        with LipSyncClient(f"127.0.0.1:{port}") as client:
+            remote = list(client.render_clip(sample_model.name, speech_16k, SAMPLE_RATE_HZ))
+    finally:
+        server.stop(grace=None)
+    # over the wire: PCM16 audio, a JPEG image, float32 numbers
+    _same_mouths(remote, clip, over_the_wire=True)

@@ -1,0 +1,81 @@
+"""How the made mouth looks on a neutral avatar (samples/avatar.mp4 never opens its mouth): the
+inside of the mouth is one consistent thing from frame to frame, and the chin drops with the opening.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipsync_cli.core.driver import MouthParams
+from lipsync_cli.core.mouth import OwnMouthGenerator
+from lipsync_cli.core.warp import warp_lips
+from lipsync_cli.media import face as F
+from test_warp import Mouth, vertical_shift
+
+FRAME = 60  # a frame in the middle of the sample's breathing sway
+INTERIOR_MAX_MEAN_DIFF = 10.0  # grey levels: two near-equal openings show near-identical insides
+INTERIOR_MIN_DARKENING = 40.0  # ...and that inside is a dark mouth, not the lips the model shows there
+
+
+def speaking(open_: float) -> MouthParams:
+    return MouthParams(open_, 0.0, 0.0, False, True, "C")
+
+
+def interior_box(pts: np.ndarray, gap_px: float) -> tuple[slice, slice]:
+    """Rows and columns well inside an opening of `gap_px` below the inner upper lip of `pts`, away
+    from the lips' edges (the centre half of the width, the middle of the gap's height)."""
+    m = Mouth(pts)
+    xl, xr = pts[F.MOUTH_RIGHT_INNER, 0], pts[F.MOUTH_LEFT_INNER, 0]
+    cx, hw = (xl + xr) / 2, (xr - xl) / 2
+    return (slice(int(m.top + 0.25 * gap_px), int(m.top + 0.75 * gap_px)),
+            slice(int(cx - 0.5 * hw), int(cx + 0.5 * hw)))
+
+
+def test_the_inside_of_two_neighbouring_frames_with_nearly_equal_openings_is_nearly_identical(sample_model):
+    stream = OwnMouthGenerator().open_stream(sample_model)
+    first = stream.render(model_frame=FRAME, params=speaking(0.50)).image
+    second = stream.render(model_frame=FRAME + 1, params=speaking(0.52)).image
+    pts = sample_model.region_points(FRAME)
+    iod_px = float(np.linalg.norm(pts[F.LEFT_EYE_OUTER] - pts[F.RIGHT_EYE_OUTER]))
+    gap_px = stream.target_open(speaking(0.50)) * iod_px
+    rows, cols = interior_box(pts, gap_px)
+    a = first[rows, cols].astype(np.float32)
+    b = second[rows, cols].astype(np.float32)
+    assert a.size > 0
+    assert np.abs(a - b).mean() < INTERIOR_MAX_MEAN_DIFF
+    # what is compared is the drawn inside of an open mouth (darker than the model's closed lips there)
+    model_own = sample_model.region(FRAME)[rows, cols].astype(np.float32)
+    assert model_own.mean() - a.mean() > INTERIOR_MIN_DARKENING
+
+
+def test_the_drawn_inside_is_the_same_whichever_frame_it_is_drawn_on(sample_model):
+    """The colours come from the person (measured once), not from the frame: the same opening on two
+    far-apart frames gives the same inside (up to the frames' own small motion)."""
+    gen = OwnMouthGenerator()
+    look = gen.profile(sample_model).look
+    insides = []
+    for frame in (10, 150):
+        region, pts = sample_model.region(frame), sample_model.region_points(frame)
+        warped = warp_lips(region, pts, target_gap_px=20.0, has_interior=False, look=look)
+        rows, cols = interior_box(pts, 20.0)
+        insides.append(warped[rows, cols].astype(np.float32).mean(axis=(0, 1)))
+    np.testing.assert_allclose(insides[0], insides[1], atol=6.0)
+
+
+@pytest.mark.parametrize("open_", [0.4, 0.9])
+def test_the_chin_and_jawline_drop_with_the_opening(sample_model, open_):
+    stream = OwnMouthGenerator().open_stream(sample_model)
+    region = stream.render(model_frame=FRAME, params=speaking(0.0)).image  # lips just apart (speech)
+    opened = stream.render(model_frame=FRAME, params=speaking(open_)).image
+    pts = sample_model.region_points(FRAME)
+    m = Mouth(pts)
+    lower_lip = vertical_shift(region, opened, m.lower_lip, m.cols)
+    chin = vertical_shift(region, opened, m.above_chin, m.cols)
+    assert lower_lip > 2.0
+    assert chin == pytest.approx(lower_lip, rel=0.2)  # the jaw moves as one: the chin as far as the lip
+    # the jawline halfway out to the jaw's angle follows too, less than the chin (the jaw turns about the ears)
+    side_x = int((pts[F.CHIN, 0] + pts[172, 0]) / 2)
+    jaw_y = int(np.interp(side_x, *zip(*sorted((pts[i, 0], pts[i, 1]) for i in (172, 136, 150, 149, 176, 148, 152)))))
+    side = vertical_shift(region, opened, (jaw_y - 12, jaw_y + 2), (side_x - 6, side_x + 6))
+    assert 0.2 * chin < side < chin + 1.0

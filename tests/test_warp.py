@@ -1,0 +1,94 @@
+"""The lip warp on real regions of the sample avatar: the lips part by the wanted gap and the jaw goes with them.
+
+The opening is measured on the warped image itself, by tracking where the lips went: a strip of the
+upper lip and one of the lower lip (and of the chin, and of the neck) on the centre columns are
+matched against the warped image at sub-pixel vertical shifts. The new gap is the old one plus how
+far the two lips moved apart.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from lipsync_cli.core.warp import warp_lips
+from lipsync_cli.media import face as F
+
+FRAMES = (0, 100)
+GAP_TOLERANCE = 0.15  # the measured gap is within this share of the target
+SEARCH_PX, SEARCH_STEP_PX = 30.0, 0.1  # vertical shifts tried when tracking a strip
+
+
+def vertical_shift(before: np.ndarray, after: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> float:
+    """How far (px, + is down) the strip before[rows, cols] moved in `after`: the shift s for which
+    after[y + s] matches before[y] best (least squared grey-level difference)."""
+    grey_before = cv2.cvtColor(before, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    grey_after = cv2.cvtColor(after, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    ref = grey_before[rows[0]:rows[1], cols[0]:cols[1]]
+    xs = np.arange(*cols, dtype=np.float32)
+    shifts = np.arange(-SEARCH_PX, SEARCH_PX + SEARCH_STEP_PX, SEARCH_STEP_PX)
+    errors = []
+    for s in shifts:
+        map_x, map_y = np.meshgrid(xs, np.arange(*rows, dtype=np.float32) + np.float32(s))
+        moved = cv2.remap(grey_after, map_x, map_y, cv2.INTER_LINEAR)
+        errors.append(float(((moved - ref) ** 2).mean()))
+    return float(shifts[int(np.argmin(errors))])
+
+
+class Mouth:
+    """Where the lips, chin and nose of one region are (region pixels, from its landmarks)."""
+
+    def __init__(self, pts: np.ndarray):
+        xl, xr = pts[F.MOUTH_RIGHT_INNER, 0], pts[F.MOUTH_LEFT_INNER, 0]
+        cx, hw = (xl + xr) / 2, (xr - xl) / 2
+        self.top, self.bottom = float(pts[F.INNER_TOP, 1]), float(pts[F.INNER_BOTTOM, 1])
+        self.chin, self.nose = float(pts[F.CHIN, 1]), float(pts[F.NOSE_BASE, 1])
+        self.cols = (int(cx - 0.2 * hw), int(cx + 0.2 * hw) + 1)  # the centre, where the mouth opens fully
+        self.gap = self.bottom - self.top
+        lip_to_chin = self.chin - self.bottom
+        # the strips tracked: just above the inner lip line, just below it, above the chin, the neck
+        self.upper_lip = (int(self.top - 0.1 * (self.top - self.nose)) - 1, int(self.top) - 1)
+        self.lower_lip = (int(self.bottom) + 2, int(self.bottom + 0.5 * lip_to_chin))
+        self.above_chin = (int(self.chin - 0.25 * lip_to_chin), int(self.chin))
+        # the neck below the jaw's fade (the skin just under the chin is squeezed as the jaw drops over it)
+        self.neck = (int(self.chin + 0.9 * lip_to_chin), int(self.chin + 1.15 * lip_to_chin))
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+@pytest.mark.parametrize("target_gap_px", [12.0, 24.0, 36.0])
+def test_lips_open_to_the_target_gap_and_the_jaw_drops(sample_model, frame, target_gap_px):
+    region, pts = sample_model.region(frame), sample_model.region_points(frame)
+    mouth = Mouth(pts)
+    assert mouth.gap < 0.3 * target_gap_px  # the sample's mouth is (nearly) closed: the warp does the opening
+    warped = warp_lips(region, pts, target_gap_px=target_gap_px, has_interior=False)
+    assert warped.shape == region.shape and warped.dtype == np.uint8
+
+    up = -vertical_shift(region, warped, mouth.upper_lip, mouth.cols)
+    down = vertical_shift(region, warped, mouth.lower_lip, mouth.cols)
+    assert up > 0 and down > 0  # the lips part both ways
+    assert down > up  # the jaw does most of the opening
+    measured_gap = mouth.gap + up + down
+    assert measured_gap == pytest.approx(target_gap_px, rel=GAP_TOLERANCE)
+
+    # the chin goes down with the lower lip (the jaw moves as one); the neck below stays
+    chin = vertical_shift(region, warped, mouth.above_chin, mouth.cols)
+    assert chin == pytest.approx(down, rel=0.1)
+    assert abs(vertical_shift(region, warped, mouth.neck, mouth.cols)) <= SEARCH_STEP_PX
+
+    # where the source had no open mouth the opening shows a drawn one, darker than the lips around it
+    grey = cv2.cvtColor(warped, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    c0, c1 = mouth.cols
+    interior = grey[int(mouth.top - up + 0.6 * measured_gap), c0:c1].mean()  # below the upper teeth
+    lower_lip = grey[int(mouth.bottom + down + 2), c0:c1].mean()
+    assert interior < 0.7 * lower_lip
+
+
+def test_a_wider_target_opens_wider_and_the_same_gap_changes_nothing(sample_model):
+    region, pts = sample_model.region(FRAMES[0]), sample_model.region_points(FRAMES[0])
+    mouth = Mouth(pts)
+    drops = [vertical_shift(region, warp_lips(region, pts, target_gap_px=g, has_interior=False),
+                            mouth.lower_lip, mouth.cols) for g in (10.0, 20.0, 30.0)]
+    assert drops[0] < drops[1] < drops[2]
+    unchanged = warp_lips(region, pts, target_gap_px=mouth.gap)
+    np.testing.assert_array_equal(unchanged, region)
