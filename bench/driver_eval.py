@@ -13,8 +13,9 @@ second. Printed per recording:
 - jumpiness: the judge's (bench/judge.py) on `open`: p95 of |open[i+1] - open[i]| over the clip's
   range of open (p95 - p5); people filmed talking 0.20-0.35, goal <= 0.35
 - closed_in_silence: the judge's: among frames whose 300-3400 Hz band RMS is more than 35 dB below
-  the loudest frame's, the share with open at or under the clip's 40th percentile of open (at or
-  under, not under: a driver's rest is exactly 0.0 where a rendered gap has noise); goal >= 0.9
+  the loudest frame's, the share with open under the clip's 40th percentile of open, frames of
+  equal openness ordered at random as a rendered gap's noise orders them (when more than 40% of
+  the frames sit at rest, speech and silence alike, silence cannot all rank under it); goal >= 0.9
 - auc_judge / auc_best_lag: the judge's viseme AUC (its open vowels add EY) at lag 0, and the lag
   in -5..5 frames (positive: the mouth moved later) where it peaks; goal >= 0.85 and |lag| <= 1
 - best_offset_frames: lag of the best correlation between open and the audio level (0 = in sync,
@@ -133,12 +134,21 @@ def band_level_db(samples: np.ndarray, n_frames: int, *, fps: Fraction) -> np.nd
 
 
 def closed_in_silence(samples: np.ndarray, opens: np.ndarray, *, fps: Fraction) -> float:
-    """The judge's closed-in-silence share on (n,) per-frame openings (see the module docstring)."""
+    """The judge's closed-in-silence share on (n,) per-frame openings (see the module docstring).
+
+    Frames with equal openings (a driver's rest is exactly 0.0 on every silent frame and often in
+    speech) are ordered at random, as a rendered gap's noise orders them: a silent frame counts by
+    the chance that its rank falls under the 40th percentile.
+    """
     level = band_level_db(samples, len(opens), fps=fps)
     silent = level < level.max() - SILENCE_BELOW_PEAK_DB
     if not silent.any():
         return float("nan")
-    return float(np.mean(opens[silent] <= np.percentile(opens, CLOSED_PERCENTILE)))
+    ranked = np.sort(opens)
+    below = np.searchsorted(ranked, opens[silent], side="left")  # frames strictly lower
+    equal = np.searchsorted(ranked, opens[silent], side="right") - below
+    quota = CLOSED_PERCENTILE / 100 * len(opens)
+    return float(np.mean(np.clip((quota - below) / equal, 0.0, 1.0)))
 
 
 def judge_auc_by_lag(opens: np.ndarray, labels: list[str | None]) -> dict[int, float]:

@@ -90,8 +90,8 @@ def prepare(
 
 @app.command()
 def render(
-    audio: List[Path] = typer.Argument(None, help="Speech: WAV (any rate, channels, sample type), FLAC, OGG, MP3, "
-                                       "M4A. One file with -o, or several with --output-dir."),
+    audio: List[Path] = typer.Argument(None, metavar="AUDIO...", help="Speech: WAV (any rate, channels, sample "
+                                       "type), FLAC, OGG, MP3, M4A. One file with -o, or several with --output-dir."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="The MP4 to write (H.264 + AAC)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Batch: write NAME.mp4 here for each "
                                               "input NAME.wav (made if missing)."),
@@ -192,6 +192,9 @@ def serve(
     max_models: int = typer.Option(DEFAULT_MODEL_LIMIT, "--max-models", min=1, help="Models kept loaded at once (LRU)."),
     token_rate: int = typer.Option(DEFAULT_TOKEN_RATE_PER_MIN, "--token-rate", min=0, max=MAX_TOKEN_RATE_PER_MIN,
                                    help="Token requests one client (IP address) may make per minute; 0: no limit."),
+    max_streams: Optional[int] = typer.Option(None, "--max-streams", min=1,
+                                              help="Streams and clips served at once; more are refused at once "
+                                              "(\"the lip-sync service is full\"). Default: from the CPU cores."),
 ) -> None:
     """Serve the model videos, the OpenAI token endpoint and the gRPC lip-sync service."""
     import logging
@@ -201,7 +204,8 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     http = HttpOptions(allowed_origins=tuple(allow_origin), token_rate_per_min=token_rate,
                        **({"token_secret": token_secret} if token_secret else {}))
-    settings = ServeSettings(models_dir=models_dir, cache_dir=cache_dir, max_models=max_models, http=http)
+    settings = ServeSettings(models_dir=models_dir, cache_dir=cache_dir, max_models=max_models, http=http,
+                             max_streams=max_streams)
 
     def ready(urls: dict[str, str]) -> None:
         out.print(f"web page and HTTP API: [bold]{urls['http']}[/]\ngRPC lip-sync service: [bold]{urls['grpc']}[/]"

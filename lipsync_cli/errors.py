@@ -49,3 +49,7 @@ class DeviceError(LipsyncError):
 
 class AgentError(LipsyncError):
     """The voice agent (OpenAI Realtime) cannot be used: no key, or the service refused."""
+
+
+class ServiceFullError(ServiceError):
+    """The lip-sync service is serving as many streams as it takes: try another replica or later."""

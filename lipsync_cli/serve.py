@@ -19,6 +19,7 @@ from lipsync_cli.core.generators import make_generator
 from lipsync_cli.defaults import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT
 from lipsync_cli.errors import LipsyncError
 from lipsync_cli.media.store import DEFAULT_MODEL_LIMIT, ModelStore
+from lipsync_cli.rpc.capacity import Capacity
 from lipsync_cli.rpc.legacy_service import add_legacy_service
 from lipsync_cli.rpc.service import create_server as create_grpc_server
 from lipsync_cli.web.http_server import create_server, is_loopback
@@ -44,10 +45,14 @@ class ServeSettings:
     max_models: int = DEFAULT_MODEL_LIMIT
     # CORS and the token endpoint's guards (its defaults read OPENAI_API_KEY, LIPSYNC_TOKEN_SECRET)
     http: HttpOptions = field(default_factory=HttpOptions)
+    # streams and clips served at once by both gRPC APIs; None: `rpc.limits.default_max_streams()`
+    max_streams: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_models < 1:
             raise LipsyncError(f"at least one model must stay loaded, not {self.max_models}")
+        if self.max_streams is not None and self.max_streams < 1:
+            raise LipsyncError(f"the service must take at least one stream, not {self.max_streams}")
 
 
 def _host_port(host: str, port: int) -> str:
@@ -84,8 +89,12 @@ def run_serve(settings: ServeSettings, *, host: str = DEFAULT_HOST, port: int = 
     store = ModelStore(cache_dir=settings.cache_dir, models_dir=settings.models_dir, limit=settings.max_models)
     # one generator behind both APIs: ours and the original system's, on the same port
     generator = make_generator()
-    grpc_server, bound_grpc_port = create_grpc_server(_host_port(host, grpc_port), store=store, generator=generator,
-                                                      extra_servicers=[add_legacy_service(store, generator)])
+    # one limit of streams for both APIs (its state() is what a readiness check reads)
+    capacity = Capacity(settings.max_streams)
+    LOG.info("serving at most %d streams at once", capacity.limit)
+    grpc_server, bound_grpc_port = create_grpc_server(
+        _host_port(host, grpc_port), store=store, generator=generator, capacity=capacity,
+        extra_servicers=[add_legacy_service(store, generator, capacity)])
     try:
         http_server, bound_http_port = create_server(store, settings.http, host=host, port=port)
         try:

@@ -7,6 +7,7 @@ reads the sound setup when it loads, and a child can be watched, screenshotted a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,34 +123,39 @@ def _free_display() -> int:
     raise RuntimeError("no free X display number between :90 and :199")
 
 
-@pytest.fixture(scope="session")
-def xvfb():
-    """A virtual X display for the session's windows; yields its DISPLAY value."""
+class Unavailable(RuntimeError):
+    """A virtual device could not start here (the tests skip, the benchmarks say so)."""
+
+
+@contextlib.contextmanager
+def virtual_display() -> Iterator[str]:
+    """A running Xvfb; yields its DISPLAY value."""
     if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb): the live window needs a display")
+        raise Unavailable("Xvfb is not installed (apt-get install xvfb): the live window needs a display")
     n = _free_display()
     proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", SCREEN, "-nolisten", "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip(f"Xvfb :{n} did not start")
-        time.sleep(0.05)
-    yield f":{n}"
-    proc.terminate()
-    proc.wait(5)
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/tmp/.X11-unix/X{n}").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise Unavailable(f"Xvfb :{n} did not start")
+            time.sleep(0.05)
+        yield f":{n}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
 
 
-@pytest.fixture(scope="session")
-def pulse(tmp_path_factory):
-    """A private PulseAudio with two null sinks: `mic` (its monitor is the default microphone; play
-    into it with `paplay -d mic`) and `speakers` (the default output). Yields the environment
-    variables that point a process at it."""
+@contextlib.contextmanager
+def virtual_sound(root: Path) -> Iterator[dict]:
+    """A private PulseAudio under `root` with two null sinks: `mic` (its monitor is the default
+    microphone; play into it with `paplay -d mic`) and `speakers` (the default output). Yields the
+    environment variables that point a process at it."""
     for tool in ("pulseaudio", "pactl", "paplay"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install pulseaudio pulseaudio-utils libasound2-plugins)")
-    root = tmp_path_factory.mktemp("pulse")
+            raise Unavailable(f"{tool} is not installed (apt-get install pulseaudio pulseaudio-utils "
+                              "libasound2-plugins)")
     env = {"XDG_RUNTIME_DIR": str(root / "run"), "PULSE_RUNTIME_PATH": str(root / "run" / "pulse"),
            "HOME": str(root / "home")}
     for d in env.values():
@@ -158,17 +165,38 @@ def pulse(tmp_path_factory):
                              "--log-target=stderr", "--load=module-native-protocol-unix",
                              "--load=module-null-sink sink_name=mic", "--load=module-null-sink sink_name=speakers"],
                             env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while subprocess.run(["pactl", "info"], env=full, capture_output=True).returncode != 0:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip("PulseAudio did not start here")
-        time.sleep(0.1)
-    subprocess.run(["pactl", "set-default-sink", "speakers"], env=full, check=True)
-    subprocess.run(["pactl", "set-default-source", "mic.monitor"], env=full, check=True)
-    yield env
-    proc.terminate()
-    proc.wait(5)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pactl", "info"], env=full, capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise Unavailable("PulseAudio did not start here")
+            time.sleep(0.1)
+        subprocess.run(["pactl", "set-default-sink", "speakers"], env=full, check=True)
+        subprocess.run(["pactl", "set-default-source", "mic.monitor"], env=full, check=True)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def xvfb():
+    """A virtual X display for the session's windows; yields its DISPLAY value."""
+    try:
+        with virtual_display() as display:
+            yield display
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def pulse(tmp_path_factory):
+    """`virtual_sound` for the whole test session."""
+    try:
+        with virtual_sound(tmp_path_factory.mktemp("pulse")) as env:
+            yield env
+    except Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 def screenshot(display: str, path: Path) -> np.ndarray:
@@ -265,3 +293,47 @@ def mouth_lag_frames(frames: list[np.ndarray], audio: np.ndarray, rate_hz: int, 
             if r > best[1]:
                 best = (lag, r)
     return best
+
+
+SYNC_TOLERANCE_FRAMES = 1  # viewers do not see an offset this small (and the check reads +-0.7 frame)
+
+
+def checked_offset_frames(video: Path) -> int:
+    """The mouth/sound offset of a recording in frames (positive: the mouth after its sound), as
+    `lipsync check VIDEO --json` measures it; the measure must be reliable."""
+    proc = subprocess.run([sys.executable, "-m", "lipsync_cli", "check", str(video), "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["reliable"], report  # too little speech, or a mouth that does not follow it
+    return report["offset_frames"]
+
+
+def real_speech(seconds: float, rate_hz: int) -> np.ndarray:
+    """The first `seconds` of the shared 16 kHz speech recording, at rate_hz (skips without ../shared/data):
+    long enough for `lipsync check` to be sure of its measure."""
+    from conftest import SPEECH_16K, shared
+
+    from lipsync_cli.media.audio import load_audio, resample
+
+    samples = load_audio(shared(SPEECH_16K)).samples[: int(seconds * 16000)]
+    return resample(samples, from_rate_hz=16000, to_rate_hz=rate_hz) if rate_hz != 16000 else samples
+
+
+def probe_sound_to_screen(env: dict, *, video: Path, cache_dir: Path, burst: Path, count: int, gap_s: float = 1.2,
+                          lead_s: float = 2.0) -> dict:
+    """Play `count` bursts (a WAV) into the virtual microphone and watch the window's mouth
+    (tests/latency_probe.py, in a child with `env`); returns its result (see `ProbeResult`)."""
+    spec = {"video": str(video), "cache_dir": str(cache_dir), "bursts": str(burst), "count": count,
+            "gap_s": gap_s, "lead_s": lead_s}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "latency_probe.py"), json.dumps(spec)],
+                          env={**env, "PULSE_SINK": "mic"}, cwd=REPO, capture_output=True, text=True,
+                          timeout=60 + count * (gap_s + 2))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sound_to_screen_ms(result: dict) -> list[float]:
+    """Per burst seen on screen: from its first sample entering the microphone to its mouth on screen (ms)."""
+    return [1000 * (shown - onset) for onset, shown in zip(result["onsets_out_s"], result["shown_s"])
+            if shown is not None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import pytest
 from conftest import SAMPLE_VIDEO, espeak_wav
 from fake_realtime import FakeRealtime
 from helpers import assert_clean_error, run_cli
-from live_support import (best_match, frame_loudness, mouth_change, pulse, recording, screenshot,  # noqa: F401
-                          start_session, xvfb)
+from live_support import (SYNC_TOLERANCE_FRAMES, best_match, checked_offset_frames, frame_loudness,  # noqa: F401
+                          mouth_change, pulse, real_speech, recording, screenshot, start_session, xvfb)
 from lipsync_cli.live.agent import REALTIME_RATE_HZ, AnswerAudio, websocket_base_url
 from lipsync_cli.media.audio import load_audio, resample, to_mono
 
@@ -168,3 +169,33 @@ def test_answer_audio_keeps_its_place_on_the_clock_across_an_interruption():
     answer.add(np.full(n, 0.5, np.float32), "b")
     assert len(answer.read_ahead(10 * n)) == n
     assert answer.read(1.0)[0].max() == 0.5
+
+
+AGENT_SYNC_SPEECH_S = 8.0  # a long answer of real speech: enough for `lipsync check` to be sure
+
+
+def test_answer_recording_keeps_the_mouth_on_its_sound(env, tmp_path, cache_dir):
+    """The agent's answer as recorded: its mouth on its sound within one frame (`lipsync check`), with
+    speakers (PulseAudio's null sink) and a window, and no frame dropped."""
+    question = _speech_24k(tmp_path, "question", "Read me something.")
+    answer = real_speech(AGENT_SYNC_SPEECH_S, REALTIME_RATE_HZ)
+    user = _user_wav(tmp_path, LEAD_S, question, AGENT_SYNC_SPEECH_S + 4.0)
+    out = tmp_path / "agent_sync.mp4"
+    with FakeRealtime(answer, answer_text="Something.", user_text="Read me something.") as fake:
+        env["OPENAI_BASE_URL"] = fake.base_url
+        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=90,
+                                agent={})
+        assert session.first_frame.wait(60), session.wait().stderr
+        deadline = time.monotonic() + 30
+        while not any(kind == "response.created" for _, _, kind in fake.sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(AGENT_SYNC_SPEECH_S + 2.0)  # the answer plays out, the mouth comes to rest
+        subprocess.run(["xdotool", "search", "--sync", "--name", "lipsync live", "windowfocus", "key", "q"],
+                       env=env, check=True, timeout=15)
+        session.wait(30)
+    assert session.proc.returncode == 0, session.stderr
+    frames, audio, rate = recording(out)
+    assert best_match(audio, answer[: rate])[1] > 0.95, (len(audio) / rate, session.transcripts, session.messages)
+    assert abs(checked_offset_frames(out)) <= SYNC_TOLERANCE_FRAMES
+    summary = session.summary
+    assert abs(summary["latency_p50_ms"]) < 250, summary  # the answer's sound waits for its mouth

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lipsync_cli.media.cache import crop_region
-from lipsync_cli.core.compositor import composite, decode_region
+from lipsync_cli.core.compositor import CHANGE_LEVEL, change_mask, composite, decode_region
 from lipsync_cli.core.region import feather_mask
 
 
@@ -78,3 +78,16 @@ def test_crop_region_shrinks_without_aliasing():
     stripes[::2] = 255  # one-pixel lines: any point sampling shows them as bands
     face = crop_region(stripes, np.array([0.0, 0.0, 600.0, 600.0]), 96)
     assert face.shape == (96, 96, 3) and abs(float(face.mean()) - 127.5) < 3 and face.std() < 10
+
+
+@pytest.mark.parametrize("channel", [0, 1, 2])
+def test_a_change_in_any_one_colour_channel_counts(channel):
+    """The change mask takes the largest of the three channel differences per pixel."""
+    reference = np.full((320, 320, 3), 120, np.uint8)
+    region = reference.copy()
+    region[140:180, 140:180, channel] += CHANGE_LEVEL + 1
+    mask = change_mask(region, reference)
+    assert mask.shape == (320, 320) and mask.dtype == np.float32
+    assert mask[160, 160] > 0.99 and mask[5, 5] == 0
+    region[140:180, 140:180, channel] = 120 + CHANGE_LEVEL  # at the level itself: JPEG noise, unchanged
+    assert change_mask(region, reference).max() == 0

@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from lipsync_cli.core import driver
 from lipsync_cli.core.driver import (
     HOLD_MS,
     MAX_LIP_ACCEL_PER_S2,
@@ -22,6 +23,8 @@ from lipsync_cli.core.driver import (
 from lipsync_cli.core.hops import (
     HANGOVER_MS,
     HOP_MS,
+    LIPS_APART_OPEN,
+    LIPS_APART_WITHIN_DB,
     MIN_SPEECH_RUN_MS,
     SILENT_TARGET,
     Hop,
@@ -181,6 +184,17 @@ def test_a_voiced_hop_with_no_first_formant_and_a_low_second_is_a_closure():
     assert not warmed_tracker().step(murmur, loud=False).closure  # quiet: the end of speech
 
 
+def test_lips_part_in_voiced_speech_and_not_in_a_breath():
+    # a voiced consonant: as loud as the vowel, little of it in the first-formant band, not labial
+    consonant = VOWEL._replace(f1_db=-50.0, f2_centroid_hz=2200.0)
+    assert warmed_tracker().step(consonant, loud=True).open == LIPS_APART_OPEN
+    breath = shifted(consonant, -LIPS_APART_WITHIN_DB - 10)
+    assert warmed_tracker().step(breath, loud=True).open < LIPS_APART_OPEN
+    assert warmed_tracker().step(consonant, loud=False).open < LIPS_APART_OPEN
+    murmur = VOWEL._replace(f1_db=-55.0, high_db=-60.0, total_db=-30.0, f2_centroid_hz=1200.0)
+    assert warmed_tracker().step(murmur, loud=True).open == 0.0  # a closure stays shut
+
+
 def test_high_and_low_centroids_spread_and_round_the_lips():
     front = warmed_tracker().step(VOWEL._replace(f2_centroid_hz=2300.0), loud=True)
     back = warmed_tracker().step(VOWEL._replace(f2_centroid_hz=1300.0, all_centroid_hz=500.0), loud=True)
@@ -280,6 +294,19 @@ def test_a_one_frame_closure_is_kept(closure_hops):
     assert frames[10].open == 0.0 and frames[10].shape == "A"
     assert frames[9].open < frames[8].open  # the lips were already on their way
     assert 0.0 < frames[11].open <= MAX_LIP_SPEED_PER_S / fps + 1e-9  # and open again at lip speed
+
+
+def test_a_slow_follower_still_shuts_on_a_closure_and_rests_in_silence(monkeypatch):
+    monkeypatch.setattr(driver, "NATURAL_HZ", 1.0)  # a heavy jaw: seconds to settle
+    fps = Fraction(25)
+    centre = frame_hops(30, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ).centre
+    targets = [HopTarget(0.8, 0.3, 0.0, False)] * 300
+    targets[centre - 1:centre + 2] = [HopTarget(0.0, 0.3, 0.0, True)] * 3
+    frames = smooth(targets, [True] * 200 + [False] * 100, fps=fps)
+    assert frames[29].open > 0.2 and frames[30].closed and frames[30].open == 0.0
+    assert [p.closed for p in frames[25:36]] == [i == 30 for i in range(25, 36)]
+    first_silent = next(i for i in range(len(frames)) if not frames[i].speech)
+    assert frames[first_silent - 5].open > 0.2 and set(frames[first_silent:]) == {REST}
 
 
 def test_one_closure_hop_alone_is_not_a_closure():

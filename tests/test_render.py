@@ -20,7 +20,7 @@ from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.timing import ping_pong
 from lipsync_cli.errors import ServiceError
 from lipsync_cli.media.audio import load_audio
-from lipsync_cli.media.video import iter_frames
+from lipsync_cli.media.video import Mp4Writer, iter_frames
 from lipsync_cli.render.pipeline import RenderOptions, _compose, render
 from lipsync_cli.rpc.service import create_server
 
@@ -208,3 +208,16 @@ def test_a_30_fps_landscape_model_renders_at_its_own_rate(tmp_path, store):
     summary = render(speech, out, options=RenderOptions(model=str(video)), store=store)
     check_mp4(out, fps=30, duration_s=2.0, width=640, height=480)
     assert summary.frames == 60 and summary.fallbacks == 0  # longer than the 45-frame video: ping-pong
+
+
+def test_frames_converted_ahead_encode_exactly_like_bgr_frames(tmp_path):
+    """`render` converts frames for the encoder in its compose thread: the file must not change."""
+    rng = np.random.default_rng(7)
+    frames = [cv2.GaussianBlur(rng.integers(0, 256, (96, 130, 3), np.uint8), (5, 5), 0) for _ in range(6)]
+    for name, convert in (("bgr", False), ("ahead", True)):
+        with Mp4Writer(tmp_path / f"{name}.mp4", fps=25, width=130, height=96) as writer:
+            for f in frames:
+                writer.write_frame(writer.encoder_frame(f) if convert else f)
+    decoded = {name: list(iter_frames(tmp_path / f"{name}.mp4")) for name in ("bgr", "ahead")}
+    assert len(decoded["bgr"]) == 6 and decoded["bgr"][0].shape == (96, 130, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(decoded["bgr"], decoded["ahead"]))

@@ -1,13 +1,16 @@
 """The web client and its WebSocket bridge: the protocol from Python, then the page in a real Chromium.
 
 The browser tests drive Debian's Chromium through Playwright (it cannot download its own browsers
-here) with a fake microphone that plays a WAV: silence, speech, silence, on a loop. They skip, with
-the reason, when Chromium or Playwright is missing.
+here) with a fake microphone that plays a WAV (silence, speech, silence, on a loop) and a fake
+OpenAI Realtime peer on 127.0.0.1 (tests/fake_realtime_webrtc.py, aiortc) that answers the page's
+SDP offer and speaks a WAV as the agent. They skip, with the reason, when Chromium or Playwright
+is missing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -26,20 +29,26 @@ from lipsync_cli.core.engine import render_clip
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio, resample
 from lipsync_cli.media.store import ModelStore
-from lipsync_cli.web.bridge import BRIDGE_PATH, add_bridge, decode_frame
-from lipsync_cli.web.http_server import create_app
+from lipsync_cli.web.bridge import BRIDGE_PATH, decode_frame
+from lipsync_cli.web.http_server import LoopbackHostGuard, create_app
 from lipsync_cli.web.options import HttpOptions
 from tests.conftest import SAMPLE_SPEECH, SAMPLE_VIDEO, write_wav
+from tests.fake_realtime_webrtc import EPHEMERAL_KEY, FakeRealtimeWebRTC
 
 CHROMIUM = Path("/usr/bin/chromium")
 MIC_RATE_HZ = 48_000
 TINY_MODELS = 6  # one more than the page keeps: the LRU must evict the first
+API_KEY = "sk-test-this-key-must-never-reach-the-page"
+AGENT_RATE_HZ = 48_000
 
 
 class _Server:
-    def __init__(self, store: ModelStore, slots: threading.BoundedSemaphore | None = None):
-        app = create_app(store, HttpOptions(openai_api_key=None, token_secret=None))
-        add_bridge(app, store, make_generator(), slots=slots)
+    """The real app (create_app with a generator: the bridge is on), behind the loopback Host guard."""
+
+    def __init__(self, store: ModelStore, slots: threading.BoundedSemaphore | None = None,
+                 options: HttpOptions | None = None):
+        options = options or HttpOptions(openai_api_key=None, token_secret=None)
+        app = LoopbackHostGuard(create_app(store, options, generator=make_generator(), slots=slots))
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -72,8 +81,32 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(models_dir, cache_dir):
-    server = _Server(ModelStore(cache_dir=cache_dir, models_dir=models_dir))
+def agent_voice() -> np.ndarray:
+    """What the fake agent says: 0.5 s of silence, the sample speech, 1 s of silence, at 48 kHz."""
+    speech = np.frombuffer(_speech_pcm16(AGENT_RATE_HZ), "<i2").astype(np.float32) / 32768
+    return np.concatenate([np.zeros(AGENT_RATE_HZ // 2, np.float32), speech, np.zeros(AGENT_RATE_HZ, np.float32)])
+
+
+@pytest.fixture(scope="module")
+def fake_agent(agent_voice):
+    with FakeRealtimeWebRTC(agent_voice, barge_in_at_s=None) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def served(models_dir, cache_dir, fake_agent):
+    # the token endpoint's `openai` client reads OPENAI_BASE_URL when the app is made
+    before = os.environ.get("OPENAI_BASE_URL")
+    os.environ["OPENAI_BASE_URL"] = fake_agent.base_url
+    try:
+        server = _Server(ModelStore(cache_dir=cache_dir, models_dir=models_dir),
+                         options=HttpOptions(openai_api_key=API_KEY, token_secret=None,
+                                             realtime_calls_url=fake_agent.calls_url))
+    finally:
+        if before is None:
+            os.environ.pop("OPENAI_BASE_URL")
+        else:
+            os.environ["OPENAI_BASE_URL"] = before
     yield server
     server.stop()
 
@@ -229,7 +262,8 @@ def browser(mic_wav):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={mic_wav}", "--autoplay-policy=no-user-gesture-required",
-            "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"])
+            # host ICE candidates as IP addresses, not mDNS names, so that aiortc can reach them
+            "--disable-features=WebRtcHideLocalIpsWithMdns", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"])
         yield browser
         browser.close()
 
@@ -241,7 +275,7 @@ def page(browser, served):
     page.on("console", lambda m: m.type in ("error", "warning") and page.problems.append(m.text))
     page.on("pageerror", lambda e: page.problems.append(str(e)))
     page.goto(f"http://127.0.0.1:{served.port}/")
-    page.wait_for_function("window.app !== undefined && document.querySelector('#model option') !== null")
+    page.wait_for_function("window.app !== undefined && document.querySelector('#models option') !== null")
     yield page
     page.close()
 
@@ -267,6 +301,7 @@ def test_page_loads_and_prepares_a_model_with_progress(page):
 
 
 def test_microphone_mode_moves_the_mouth_in_sync(page, served):
+    page.evaluate("app.modelVideoManager.prepareModel('avatar')")  # the mouth-only fallback is not compared
     page.evaluate("app.start({mode: 'mic', model: 'avatar'})")
     snapshots = []
     deadline = time.monotonic() + 9  # the WAV's 1 s of silence, its speech, and silence again
@@ -292,8 +327,6 @@ def test_microphone_mode_moves_the_mouth_in_sync(page, served):
     assert len(log) > 100 and (lag_s > 0).all()
     indices = [e["index"] for e in log]
     assert indices == sorted(indices)
-    import os
-
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         pytest.skip(f"latency p95 {1000 * np.percentile(lag_s, 95):.0f} ms not judged: the machine is overloaded "
                     f"(load {os.getloadavg()[0]:.1f})")
@@ -317,3 +350,76 @@ def test_the_page_keeps_five_models_and_evicts_the_least_recently_used(page):
     assert names == [f"tiny{i}" for i in range(1, 6)]
     assert page.evaluate("app.modelVideoManager.isModelReady('tiny0') || app.modelVideoManager.isModelReady('avatar')") is False
     assert page.problems == []
+
+
+AGENT_WATCH_S = 8.0  # the fake agent's 0.5 s of silence, its 5.9 s of speech, and silence
+
+
+def _watch(page, model: str, seconds: float, screenshot: str | None = None) -> list[dict]:
+    """Snapshots of the canvas against the plain model frame, every 0.2 s for `seconds`."""
+    snapshots = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        snap = page.evaluate(SNAPSHOT_JS, model)
+        if snap and (not snapshots or snap["index"] != snapshots[-1]["index"]):
+            snapshots.append(snap)
+            if screenshot and snap["speech"] and snap["open"] > 0.3:
+                page.screenshot(path=screenshot)
+                screenshot = None
+        time.sleep(0.2)
+    return snapshots
+
+
+def test_agent_mode_speaks_the_agents_voice_in_sync(page, served, fake_agent):
+    """The agent's voice comes over WebRTC from the fake Realtime peer; each mouth frame is drawn while its
+    audio is heard (within one frame), the caption follows, and the server's API key never reaches the page."""
+    calls_before = len(fake_agent.call_keys)
+    page.evaluate("app.modelVideoManager.prepareModel('avatar')")  # the mouth-only fallback is not compared
+    page.evaluate("app.start({mode: 'agent', model: 'avatar'})")
+    snapshots = _watch(page, "avatar", AGENT_WATCH_S, screenshot="/tmp/h15_agent_speaking.png")
+    state = page.evaluate("""() => ({
+      log: app.frameLog.filter((e) => e.mouthOf !== null && e.playing !== null),
+      caption: document.getElementById('captions').textContent, fps: app.session.facts.fps,
+      readout: document.getElementById('readout').textContent})""")
+    print("DBG", len(state["log"]), sum(e["speech"] for e in state["log"]), state["readout"], len(snapshots),
+          [(s["speech"], s["open"]) for s in snapshots], fake_agent.tracks[-1].sent / 48000, len(fake_agent.tracks), fake_agent.tracks[-1].trace[:5], fake_agent.tracks[-1].trace[-3:], len({t[2] for t in fake_agent.tracks[-1].trace}))
+    page.evaluate("app.stop()")
+    assert page.problems == []
+    # the page called the Realtime endpoint with the ephemeral key; only the server used the API key
+    assert fake_agent.call_keys[calls_before:] == [f"Bearer {EPHEMERAL_KEY}"]
+    assert fake_agent.api_keys[-1] == f"Bearer {API_KEY}"
+    assert "a=sendrecv" in fake_agent.offers[-1] or "a=sendonly" in fake_agent.offers[-1]
+    seen_by_page = page.evaluate("""async () => [document.documentElement.outerHTML,
+      await (await fetch('/api/config')).text(), await (await fetch('/token', {method: 'POST'})).text()]""")
+    assert all(API_KEY not in text for text in seen_by_page) and EPHEMERAL_KEY in seen_by_page[2]
+    assert state["caption"] == "Hello there, I am the agent."
+    # the mouth moves with the agent's speech and rests in its silence; outside it, the model frame
+    assert snapshots and max(s["outsideMax"] for s in snapshots) == 0
+    speaking = [s["insideMean"] for s in snapshots if s["speech"] and s["open"] > 0.2]
+    resting = [s["insideMean"] for s in snapshots if not s["speech"]]
+    assert speaking and resting and np.median(speaking) > np.median(resting) + 1, (speaking, resting)
+    log = state["log"]
+    assert len(log) > 100 and any(e["speech"] for e in log)
+    off_s = np.abs([e["playing"] - e["mouthOf"] for e in log])
+    assert np.mean(off_s <= 1 / state["fps"]) >= 0.95, f"{np.mean(off_s <= 1 / state['fps']):.0%} within a frame"
+
+
+def test_agent_barge_in_silences_the_voice_and_rests_the_mouth(page, served, fake_agent):
+    fake_agent.barge_in_at_s = 2.5  # mid-sentence
+    try:
+        page.evaluate("app.start({mode: 'agent', model: 'avatar'})")
+        page.wait_for_function("app.session && app.session.bargeIns === 1", timeout=20_000)
+        barged_at = page.evaluate("app.session.heardFromS")
+        time.sleep(1.5)
+        state = page.evaluate("""() => ({gain: app.session.speaker.gain.value, log: app.frameLog.slice(-200)})""")
+        page.screenshot(path="/tmp/h15_agent_barge_in.png")
+        page.evaluate("app.stop()")
+    finally:
+        fake_agent.barge_in_at_s = None
+    assert page.problems == []
+    assert state["gain"] == 0
+    drawn_after = [e for e in state["log"] if e["mouthOf"] is not None and e["mouthOf"] >= barged_at]
+    # nothing the user never heard is drawn, and what comes after the barge-in is the resting mouth
+    assert all(not e["speech"] for e in drawn_after[3:])
+    assert not any(e["mouthOf"] is not None and e["playing"] is not None and e["playing"] > barged_at + 0.2
+                   and e["mouthOf"] < barged_at for e in state["log"])

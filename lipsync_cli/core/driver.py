@@ -59,7 +59,8 @@ ANTICIPATION_MS = 20  # a frame, from when it appears, shows the mouth of the so
 AHEAD_MS = 50  # audio analysed past a frame's sound time before the frame is decided
 LEAD_MS = 20  # the target a frame follows is centred this far past its sound time: lips shape a
 # sound before it is heard, and the follower below lags its target by about as much
-BLEND_BACK_MS = 40  # the coarticulation blend reads hops this far before its centre (and up to AHEAD_MS after the frame's sound time)
+BLEND_BACK_MS = 40  # the coarticulation blend reads hops this far before its centre (and after it, all
+# the audio the frame may read: up to AHEAD_MS past its sound time)
 DOMINANCE_DECAY_MS = 20  # a hop's pull on the blend falls e-fold over this distance from it
 DOMINANCE_OPEN = 2.0  # a hop at full opening pulls this much harder than a consonant (vowel nuclei dominate)
 DOMINANCE_CLOSURE = 6.0  # ... and a P/B/M closure this much harder: the lips must meet
@@ -67,8 +68,8 @@ NATURAL_HZ = 7.0  # the critically damped follower's natural frequency (syllable
 MAX_LIP_SPEED_PER_S = 4.0  # full ranges per second, for open, wide and round: 0.16 per 25 fps frame,
 # which keeps the 95th percentile step near a quarter of the range (people filmed talking: 0.20-0.35)
 MAX_LIP_ACCEL_PER_S2 = 200.0  # full ranges per second squared: a step changes by at most 0.32 per 25 fps frame
-SHUT_TARGET = 0.1  # a target under this is lips together: the follower then aims at -LIPS_PRESS, past
-LIPS_PRESS = 0.1  # touching, so it gets there in finite time instead of creeping toward 0 for frames
+SHUT_TARGET = 0.1  # a target under this means lips together (hops.CLOSED_BELOW_OPEN): the follower then
+LIPS_PRESS = 0.1  # aims this far past touching, so it gets there in finite time instead of creeping to 0
 HOLD_MS = 70  # a shape letter is held at least this long (closures and silence excepted)
 
 
@@ -112,9 +113,12 @@ class Follower:
     """A critically damped second-order follower of one mouth parameter, one step per video frame.
 
     Two equal first-order lags in a row (a double pole at exp(-2 pi NATURAL_HZ / fps)): the
-    response to a jump of the target starts at zero speed, never overshoots, and settles in about
-    1 / NATURAL_HZ. On top, the step per frame is kept within max_step and the change of step
-    within max_accel, so neither speed nor acceleration exceeds a lip's whatever the targets do.
+    response to a jump of the target builds up speed, never overshoots, and settles in about
+    1 / NATURAL_HZ. On top, the step per frame is kept within max_step, the change of step within
+    max_accel, and the speed toward the target within what max_accel can stop before it, so
+    neither speed nor acceleration exceeds a lip's whatever the targets do. The value stays in
+    0..1; a target under SHUT_TARGET is aimed LIPS_PRESS past 0, and reaching 0 stops it there
+    (lips meeting stop each other: the one place the acceleration limit gives way).
     """
 
     def __init__(self, *, pole: float, max_step: float, max_accel: float) -> None:

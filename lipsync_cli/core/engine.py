@@ -99,11 +99,14 @@ class LiveEngine:
 
     sample_rate_hz: the rate of the pushed mono samples (resampled to SAMPLE_RATE_HZ inside, the
     same way whatever the chunking). A frame goes out as soon as the driver has decided it; audio
-    that has not arrived yet is zeros in its generator window.
+    that has not arrived yet is zeros in its generator window. offline: a frame waits until its
+    whole generator window has arrived (or the stream ends), so a stream gives exactly the frames
+    `render_clip` gives for its audio, with generators that look at the audio too (a streamed
+    render); later by up to half a window (100 ms).
     """
 
     def __init__(self, model: Model, generator: MouthGenerator, *, sample_rate_hz: int = SAMPLE_RATE_HZ,
-                 first_frame: int = 0):
+                 first_frame: int = 0, offline: bool = False):
         self.fps = model.fps
         self.resampler = StreamResampler(from_rate_hz=sample_rate_hz)
         self.driver = MouthDriver(fps=model.fps)
@@ -112,6 +115,8 @@ class LiveEngine:
         # recent SAMPLE_RATE_HZ audio for the generator's window: samples `history_start` on
         self.history = np.zeros(0, dtype=np.float32)
         self.history_start = 0
+        self.offline = offline
+        self.waiting: list[MouthParams] = []  # offline: decided frames whose window is not complete yet
 
     def push(self, samples: np.ndarray, captured_at_s: float = 0.0) -> list[MouthFrame]:
         """The frames completed by (n,) float32 mono samples at the stream's rate (any n, 0 too).
@@ -128,10 +133,19 @@ class LiveEngine:
         """End of the stream: the frames still undecided (audio past the end counts as silence)."""
         mono = self.resampler.flush()
         decided = self.driver.push(mono) + self.driver.flush()
-        return self._frames(mono, decided, captured_at_s)
+        return self._frames(mono, decided, captured_at_s, ended=True)
 
-    def _frames(self, mono: np.ndarray, decided: list[MouthParams], captured_at_s: float) -> list[MouthFrame]:
+    def _frames(self, mono: np.ndarray, decided: list[MouthParams], captured_at_s: float, ended: bool = False
+                ) -> list[MouthFrame]:
         self.history = np.concatenate([self.history, mono])
+        if self.offline:
+            self.waiting += decided
+            received = self.history_start + len(self.history)
+            ready = 0
+            while ready < len(self.waiting) and (
+                    ended or self._centre(self.next_index + ready) + AUDIO_WINDOW_SAMPLES // 2 <= received):
+                ready += 1
+            decided, self.waiting = self.waiting[:ready], self.waiting[ready:]
         out = []
         for params in decided:
             window = audio_window(self.history, self.history_start, self._centre(self.next_index))

@@ -50,6 +50,9 @@ OPEN_PER_DB = 0.04  # each dB of first-formant level adds this much openness
 OPEN_SHARE_DB = -3.0  # an open vowel's first-formant band holds about this share of the spectrum
 OPEN_PER_SHARE_DB = 0.02  # each dB of share under that closes the mouth this much
 CLOSED_BELOW_OPEN = 0.1  # a voiced hop whose openness comes out under this has the lips shut
+LIPS_APART_OPEN = 0.15  # in speech the lips part on every sound but P/B/M: a loud hop whose level
+LIPS_APART_WITHIN_DB = 12.0  # is within this much of the speech level (voice, not a breath) opens at
+# least LIPS_APART_OPEN, so that the lips together mean a closure or silence, as on a person
 SIBILANT_ABOVE_TOTAL_DB = -6.0  # high band within this much of the total level: a hiss, not closed
 WIDE_AT_AVERAGE = 0.3  # lips a little spread at the speaker's average second-formant centroid
 WIDE_PER_HZ = 1 / 1000  # centroid above the speaker's average -> spread lips
@@ -326,7 +329,10 @@ class TargetTracker:
         # second formant down; a quiet hop is more often the end of speech than a closure
         labial = m.f2_centroid_hz < self.f2_centroid_hz
         closure = loud and open_unclipped < CLOSED_BELOW_OPEN and not hiss and labial
-        return HopTarget(clip01(open_unclipped), wide, round_, closure)
+        open_ = clip01(open_unclipped)
+        if loud and not closure and m.total_db > self.level_db - LIPS_APART_WITHIN_DB:
+            open_ = max(open_, LIPS_APART_OPEN)
+        return HopTarget(open_, wide, round_, closure)
 
 
 def clip01(x: float) -> float:

@@ -25,7 +25,7 @@ LOWER_FACE = (58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 39
 
 def smoothstep(t: np.ndarray) -> np.ndarray:
     """0 below 0, 1 above 1, and the cubic 3t^2 - 2t^3 between (flat at both ends)."""
-    t = np.clip(t, 0.0, 1.0)
+    t = np.minimum(np.maximum(t, 0.0), 1.0)  # np.clip costs more on small arrays
     return t * t * (3 - 2 * t)
 
 

@@ -29,7 +29,10 @@ from lipsync_cli.media.video import aac_rate_for
 log = logging.getLogger(__name__)
 
 CHUNK_MS = 20  # one audio block: short enough for low latency, long enough for Python's scheduling
-QUEUE_BLOCKS = 50  # a queue holds 1 s of blocks before it overruns
+MIC_BLOCK_MS = 10  # the microphone's block: each ms of it waits in the capture buffer before anything sees it
+# the lip-sync engine's own rate: a microphone opened at it needs no resampler (soxr holds ~10-20 ms back)
+MIC_PREFERRED_RATE_HZ = 16_000
+QUEUE_BLOCKS = 100  # a queue holds 1 s of microphone blocks (2 s of CHUNK_MS ones) before it overruns
 SPEAKER_QUEUE_BLOCKS = 10  # at most 200 ms of sound waits for the speakers (barge-in stops it at once)
 LATE_TICKS_RESYNC = 5  # a paced source this many blocks behind (the machine stalled) restarts its clock
 READ_TIMEOUT_S = 0.1  # how long a read waits: threads that read look at their stop flag this often
@@ -39,7 +42,8 @@ NO_SAMPLES = np.zeros(0, np.float32)
 
 
 class AudioSource(Protocol):
-    """Mono float32 audio in [-1, 1], released in real time, CHUNK_MS at a time."""
+    """Mono float32 audio in [-1, 1], released in real time, a block (CHUNK_MS, the microphone's MIC_BLOCK_MS)
+    at a time."""
 
     rate_hz: int  # the rate of every block
     overruns: int  # blocks lost because nobody read them in time (a microphone's only)
@@ -123,26 +127,42 @@ def _input_device(device: int | str | None) -> DeviceInfo:
     return found[0]
 
 
+def _mic_rate_hz(sd, info: DeviceInfo) -> int:
+    """MIC_PREFERRED_RATE_HZ where the device takes it, else its own default rate (one an MP4 can carry)."""
+    try:
+        sd.check_input_settings(device=info.index, samplerate=MIC_PREFERRED_RATE_HZ, channels=1, dtype="float32")
+        return MIC_PREFERRED_RATE_HZ
+    except (sd.PortAudioError, ValueError):
+        return aac_rate_for(info.default_rate_hz)
+
+
 class MicSource:
-    """The microphone: blocks of CHUNK_MS, mono, at the device's own rate (one an MP4 can carry)."""
+    """The microphone: blocks of MIC_BLOCK_MS, mono, at MIC_PREFERRED_RATE_HZ where the device allows, else
+    at its own rate (one an MP4 can carry), with the lowest capture latency the device offers."""
 
     def __init__(self, device: int | str | None = None):
         sd = _sounddevice()
         info = _input_device(device)
         self.name = info.name
-        self.rate_hz = aac_rate_for(info.default_rate_hz)
+        self.rate_hz = _mic_rate_hz(sd, info)
         self.overruns = 0  # blocks the reader did not take in time (dropped)
         self._blocks: queue.Queue = queue.Queue(maxsize=QUEUE_BLOCKS)
         try:
             self._stream = sd.InputStream(device=info.index, samplerate=self.rate_hz, channels=1, dtype="float32",
-                                          blocksize=chunk_samples(self.rate_hz), callback=self._callback)
+                                          blocksize=self.rate_hz * MIC_BLOCK_MS // 1000, latency="low",
+                                          callback=self._callback)
         except sd.PortAudioError as exc:
             raise DeviceError(f"cannot open the microphone {info.name!r} at {self.rate_hz} Hz ({exc}): "
                               "pick another with --device (see --list-devices)") from exc
 
     def _callback(self, indata, frames, time_info, status) -> None:
+        now_s = time.monotonic()
+        # when the block's last sample entered the microphone: PortAudio's ADC time of its first, on our
+        # clock (PortAudio's own is another); 0 where the host API does not tell: now, the latest it can be
+        waited_s = time_info.currentTime - time_info.inputBufferAdcTime if time_info.inputBufferAdcTime else 0.0
+        captured_s = now_s - max(0.0, waited_s) + (frames - 1) / self.rate_hz if waited_s else now_s
         try:
-            self._blocks.put_nowait((indata[:, 0].copy(), time.monotonic()))
+            self._blocks.put_nowait((indata[:, 0].copy(), min(now_s, captured_s)))
         except queue.Full:
             self.overruns += 1
 

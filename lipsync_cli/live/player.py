@@ -3,6 +3,12 @@ which slot to show, composites it onto the avatar's frame and hands it to the si
 
 Output slot `g` is always drawn on model frame `ping_pong(g)`, so the idle avatar, the service's
 frames and the recording all follow one loop whatever happens to the service.
+
+Latency here is what a viewer sees, "sound->screen": from when the middle of a frame's sound was
+heard (the microphone: when it entered it, by the device's ADC time; a file or an agent's answer:
+when the speakers play it) to when its mouth is on screen (the window's show returned). With the
+microphone it spans the capture buffer, the service's lookahead and work, the wait to show, and
+the display; with speakers the sound waits for its mouth, so it stays near 0.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ class Counts:
     shown: int = 0  # frames handed to the sinks, idle ones included
     idle: int = 0  # the avatar's own frame, the service having none
     fallbacks: int = 0  # service frames shown as the avatar's own: their mouth image or bounds were unusable
-    latencies_ms: list[float] = field(default_factory=list)  # captured -> shown, service frames only
-    ready_ms: list[float] = field(default_factory=list)  # captured -> back from the service
+    latencies_ms: list[float] = field(default_factory=list)  # sound->screen (see the module), service frames only
+    ready_ms: list[float] = field(default_factory=list)  # the block completing a frame captured -> frame back
     first_frame_s: float | None = None  # session start -> the first service frame shown
 
 
@@ -100,10 +106,6 @@ class FramePlayer:
                                                           reference=self.model.region(index))
             counts.fallbacks += not pasted
             self._speech = mouth.speech
-            if mouth.captured_at_s:
-                latency_ms = 1000 * (now - mouth.captured_at_s)
-                counts.latencies_ms.append(latency_ms)
-                self._recent_ms.append(latency_ms)
             if counts.first_frame_s is None:
                 counts.first_frame_s = now - self.started_s
         counts.shown += 1
@@ -113,4 +115,17 @@ class FramePlayer:
         latency = float(np.median(self._recent_ms)) if self._recent_ms else None
         overlay = Overlay(fps=len(self._shown_at) / FPS_WINDOW_S, latency_ms=latency, speech=self._speech,
                           status=self.status(), caption=self.caption(), idle=mouth is None)
-        return self.sink.show(frame, slot, overlay)
+        going_on = self.sink.show(frame, slot, overlay)
+        if mouth is not None:
+            self._count_latency(slot, shown_s=time.monotonic())
+        return going_on
+
+    def _count_latency(self, slot: int, *, shown_s: float) -> None:
+        """sound->screen of the service's frame for `slot`, on screen at shown_s."""
+        middle = (first_sample_of_frame(slot, fps=self.fps, sample_rate_hz=self.rate_hz)
+                  + first_sample_of_frame(slot + 1, fps=self.fps, sample_rate_hz=self.rate_hz)) // 2
+        heard_s = self.timeline.heard_at_s(middle)
+        if heard_s is not None:
+            latency_ms = 1000 * (shown_s - heard_s)
+            self.counts.latencies_ms.append(latency_ms)
+            self._recent_ms.append(latency_ms)

@@ -30,7 +30,7 @@ from lipsync_cli.live.sink import CallbackSink, FrameFn, FrameSink, Recorder, Si
 from lipsync_cli.live.sources import AudioPump, LiveAudio, open_audio
 from lipsync_cli.live.stream import LipStream
 from lipsync_cli.live.timeline import Timeline
-from lipsync_cli.live.window import check_display
+from lipsync_cli.live.window import LATENCY_LABEL, check_display
 from lipsync_cli.media.models import default_model
 from lipsync_cli.media.store import Model, ModelStore
 from lipsync_cli.rpc.client import channel_target
@@ -59,16 +59,19 @@ class LiveSummary:
     frames_dropped: int  # replies from the service that came too late to be shown (or found the queue full)
     idle_frames: int  # frames of the avatar's own video shown because the service had none
     fallbacks: int  # replies shown as the avatar's own frame because their mouth image or bounds were unusable
-    # audio captured (agent: an answer's audio arrived) -> its frame shown, over frames from the service;
-    # with speakers this includes waiting for the frame's sound to be heard
+    # sound->screen (`latency_label`), over frames from the service: from when the middle of a frame's
+    # sound was heard (microphone: entered it, by the device's ADC time; speakers: played) to its mouth
+    # on screen. Microphone: capture buffer + lookahead + service + display; speakers: the picture's
+    # offset from its sound (near 0: the sound waits for its mouth)
     latency_p50_ms: float | None
     latency_p95_ms: float | None
-    ready_p50_ms: float | None  # audio captured -> its frame back from the service (before waiting for the sound)
+    ready_p50_ms: float | None  # the block completing a frame captured -> the frame back from the service
     ready_p95_ms: float | None
     first_frame_s: float | None  # session start -> the first frame from the service shown
     reconnects: int  # times the service stream was lost and started again
     seconds: float  # how long the session ran
     record: Path | None  # the MP4 written, if any
+    latency_label: str = LATENCY_LABEL  # what latency_p50_ms / latency_p95_ms measure, for the user
 
 
 def check_live(options: LiveOptions) -> None:
@@ -90,6 +93,17 @@ def _closed_with_outcome(sink: FrameSink) -> Iterator[FrameSink]:
         sink.close(ok=False)
         raise
     sink.close(ok=True)
+
+
+def _agent(options: AgentOptions | None, audio: LiveAudio, timeline: Timeline, say: MessageFn,
+           on_transcript: TranscriptFn | None) -> RealtimeAgent | None:
+    """The voice agent (not started yet) whose answers are `audio.answers`; None without --agent."""
+    if options is None:
+        return None
+    answers = audio.answers
+    return RealtimeAgent(options, answer=answers, user_audio=audio.user,
+                         interrupt=lambda: timeline.interrupt(answers.interrupt), on_message=say,
+                         on_transcript=on_transcript or (lambda role, text, final: None))
 
 
 @contextlib.contextmanager
@@ -166,13 +180,7 @@ def run_live(options: LiveOptions, *, store: ModelStore, on_message: MessageFn |
         lip = stack.enter_context(LipStream(target, model_name, rate_hz=rate_hz, model=model, on_message=say))
         timeline = Timeline(rate_hz, feed=lip.feed, out=audio.out,
                             on_played=recorder.add_audio if recorder is not None else lambda block: None)
-        agent = None
-        if options.agent is not None:
-            answers = audio.answers
-            agent = RealtimeAgent(options.agent, answer=answers, user_audio=audio.user,
-                                  interrupt=lambda: timeline.interrupt(answers.interrupt), on_message=say,
-                                  on_transcript=on_transcript or (lambda role, text, final: None))
-        stack.enter_context(_running(agent))
+        agent = stack.enter_context(_running(_agent(options.agent, audio, timeline, say, on_transcript)))
         pump = stack.enter_context(AudioPump(audio.source, timeline))
         player = FramePlayer(model, timeline, lip, sink, started_s=started_s,
                              status=lambda: " | ".join(s for s in (lip.status, agent.status if agent else "") if s),
@@ -181,7 +189,7 @@ def run_live(options: LiveOptions, *, store: ModelStore, on_message: MessageFn |
         end_sample = audio.end_sample + int(FILE_TAIL_S * rate_hz) \
             if audio.end_sample is not None and stop_at_s is None else None
         _play_until_done(player, pump, lip, stop_at_s=stop_at_s, end_sample=end_sample)
-    seconds = time.monotonic() - started_s
+        seconds = time.monotonic() - started_s
     overruns = audio.source.overruns + (audio.user.overruns if audio.user is not None else 0)
     if overruns:
         say(f"{overruns} blocks of microphone audio were dropped: the machine was too busy to read them")

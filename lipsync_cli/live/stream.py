@@ -21,7 +21,7 @@ from lipsync_cli.media.store import Model
 from lipsync_cli.rpc.client import LipSyncClient
 
 RECONNECT_DELAY_S = 0.5
-STREAM_QUEUE_BLOCKS = 100  # 2 s of audio waiting for the service before the stream counts as stuck
+STREAM_QUEUE_BLOCKS = 200  # 2 s of the microphone's blocks waiting for the service before the stream counts as stuck
 FRAME_QUEUE_FRAMES = 100
 STALL_S = 0.3  # no frame for this long: the service counts as away (idle frames show) until frames come again
 

@@ -4,12 +4,16 @@ What was played (heard, recorded) and what the lip-sync service was fed are both
 They differ only in agent mode, where answers reach the service a little before they play; an
 answer cut off by barge-in leaves a range that was fed but never played (a "cut"), whose mouths
 must never show. No threads and no clock reads here: the audio thread calls `play`, `feed_ahead`
-and `interrupt`, the frame scheduler reads `heard_sample` and `is_cut`.
+and `interrupt`, the frame scheduler reads `heard_sample` and `is_cut`, and `heard_at_s` tells when
+a sample was heard (the microphone: when it entered it; speakers: when they play it), for the
+honest sound->screen latency.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -45,6 +49,9 @@ class NoSound:
         return 0
 
 
+HEARD_HISTORY_BLOCKS = 500  # when the last this many played blocks were heard (10 s of CHUNK_MS blocks)
+
+
 def _ignore(block: np.ndarray) -> None:
     pass
 
@@ -65,15 +72,21 @@ class Timeline:
         self.cuts: list[tuple[int, int]] = []  # [start, end) sample ranges fed but never played
         self._feed, self._on_played = feed, on_played
         self._lock = threading.Lock()
+        # per played block: (the timeline position after it, time.monotonic() when its last sample is heard)
+        self._heard: deque[tuple[int, float]] = deque(maxlen=HEARD_HISTORY_BLOCKS)
 
     def play(self, block: np.ndarray, captured_at_s: float) -> None:
-        """The next (n,) block of sound; what of it the service has not had yet goes to it now."""
+        """The next (n,) block of sound, its last sample captured at captured_at_s (time.monotonic());
+        what of it the service has not had yet goes to it now."""
         with self._lock:
             if self.fed < self.played + len(block):
                 self._feed_locked(block[self.fed - self.played:], captured_at_s)
+            # heard when what waits in the speakers before it has played (`heard_sample`'s model)
+            heard_s = captured_at_s + self.out.delay_s
             self.out.play(block)
             self._on_played(block)
             self.played += len(block)
+            self._heard.append((self.played, heard_s))
 
     def feed_ahead(self, samples: np.ndarray, captured_at_s: float) -> None:
         """Samples that will play after everything fed so far (agent answers, early)."""
@@ -105,6 +118,16 @@ class Timeline:
     def heard_sample(self) -> int:
         """The sample being heard about now: played, less what waits in the speakers."""
         return self.played - int(self.out.delay_s * self.rate_hz)
+
+    def heard_at_s(self, sample: int) -> float | None:
+        """time.monotonic() when timeline sample `sample` was (or will be) heard: captured by the microphone,
+        or played by the speakers; None when it is older than the history kept, or nothing played yet."""
+        with self._lock:
+            if not self._heard or sample < self._heard[0][0] - self.rate_hz:
+                return None
+            k = min(bisect.bisect_right(self._heard, (sample, float("inf"))), len(self._heard) - 1)
+            end, heard_s = self._heard[k]
+        return heard_s - (end - 1 - sample) / self.rate_hz
 
     def is_cut(self, start_sample: int) -> bool:
         """Whether the sound from start_sample on was fed to the service but never played."""

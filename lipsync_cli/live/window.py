@@ -24,6 +24,7 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 TEXT_SCALE_PER_PX = 1 / 900  # overlay text grows with the frame height
 CAPTION_CHARS_PER_LINE = 42
 CAPTION_MAX_LINES = 3  # the end of a long answer is the part being spoken
+LATENCY_LABEL = "sound->screen"  # what the latency shown measures (see live.player), named for the user
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Overlay:
     """What the window tells besides the avatar."""
 
     fps: float  # frames shown per second, measured
-    latency_ms: float | None  # recent capture-to-shown latency; None before any frame from the service
+    latency_ms: float | None  # recent sound->screen latency (live.player); None before any frame from the service
     speech: bool  # the service detects speech in the frame shown
     status: str = ""  # a problem being handled, e.g. reconnecting; empty when all is well
     caption: str = ""  # the agent's current answer
@@ -58,7 +59,7 @@ def draw_overlay(frame: np.ndarray, overlay: Overlay) -> np.ndarray:
     scale = max(0.4, h * TEXT_SCALE_PER_PX)
     line_px = int(34 * scale)
     latency = f"{overlay.latency_ms:.0f} ms" if overlay.latency_ms is not None else "-"
-    _text(img, f"{overlay.fps:4.1f} fps  latency {latency}", (10, line_px), scale, (255, 255, 255))
+    _text(img, f"{overlay.fps:4.1f} fps  {LATENCY_LABEL} {latency}", (10, line_px), scale, (255, 255, 255))
     speech_colour = (0, 200, 0) if overlay.speech else (160, 160, 160)
     cv2.circle(img, (18, int(1.9 * line_px)), int(8 * scale), speech_colour, -1, cv2.LINE_AA)
     _text(img, "speech" if overlay.speech else "silence", (34, int(2.1 * line_px)), scale, speech_colour)

@@ -17,6 +17,9 @@ import soxr
 from lipsync_cli.errors import AudioError
 
 SAMPLE_RATE_HZ = 16_000  # the one internal analysis rate
+# the rates a file may claim; outside them the header is damaged (1 Hz would make millions of samples)
+MIN_FILE_RATE_HZ = 4_000
+MAX_FILE_RATE_HZ = 768_000
 PCM16_FULL_SCALE = 32767
 AAC_RATES_HZ = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 AAC_FALLBACK_RATE_HZ = 48000  # for any other rate: the usual rate of video sound tracks
@@ -161,6 +164,8 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int] | None:
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
+            if stream.codec_context is None:  # FFmpeg found no codec settings: nothing to decode
+                return None
             resampler = av.AudioResampler(format="flt", layout="stereo" if stream.channels > 1 else "mono")
             blocks = [f.to_ndarray().reshape(-1, min(stream.channels, 2))
                       for frame in container.decode(stream) for f in resampler.resample(frame)]
@@ -196,6 +201,8 @@ def load_audio(path: str | Path) -> AudioClip:
         )
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except MemoryError as exc:  # a damaged header announcing more samples than exist
+        raise AudioError(f"{path}: the file announces more samples than fit in memory; it is damaged") from exc
     except (RuntimeError, sf.LibsndfileError) as exc:  # LibsndfileError is a RuntimeError
         # not a format libsndfile reads (m4a/AAC, the sound of a video, ...): FFmpeg may
         decoded = _decode_with_ffmpeg(path)
@@ -209,6 +216,11 @@ def clip_from_samples(data: np.ndarray, rate_hz: int, *, what: str) -> AudioClip
     """Decoded (n, channels) float32 samples at rate_hz -> an AudioClip; refuses empty or NaN audio."""
     if data.shape[0] == 0:
         raise AudioError(f"{what}: the file holds no audio samples")
+    if not MIN_FILE_RATE_HZ <= rate_hz <= MAX_FILE_RATE_HZ:
+        raise AudioError(f"{what}: a sample rate of {rate_hz} Hz is not plausible audio "
+                         f"(use {MIN_FILE_RATE_HZ} to {MAX_FILE_RATE_HZ} Hz); the file may be damaged")
     check_samples(data, what=what)
     mono = resample(to_mono(data), from_rate_hz=rate_hz, to_rate_hz=SAMPLE_RATE_HZ)
+    # huge finite samples (a damaged float file) can overflow in the downmix or the filter
+    check_samples(mono, what=what)
     return AudioClip(samples=mono, original=data, original_rate_hz=rate_hz)

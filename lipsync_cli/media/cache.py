@@ -90,24 +90,60 @@ class PrepareResult:
     seconds: float
 
 
+def validate_arrays(a: dict[str, np.ndarray]) -> str:
+    """"" when the arrays of a cache hold what the keys table promises, else what is wrong.
+
+    A cache may be damaged or tampered with in ways `np.load` does not notice (a member of the wrong
+    shape or type, offsets past the end of the JPEG bytes); this catches them before anything indexes.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in a]
+    if missing:
+        return "it is incomplete"
+    if not all(isinstance(a[k], np.ndarray) for k in REQUIRED_KEYS):  # np.load hands back raw bytes then
+        return "it holds a member that is not an array"
+    found = a["face_found"]
+    if found.ndim != 1 or len(found) == 0:
+        return "it holds no frames"
+    n = len(found)
+    for jpeg, off in (("frame_jpeg", "frame_offsets"), ("region_jpeg", "region_offsets")):
+        data, offsets = a[jpeg], a[off]
+        if data.dtype != np.uint8 or data.ndim != 1 or offsets.shape != (n + 1,) or offsets.dtype.kind not in "iu":
+            return f"its {jpeg} do not match its {n} frames"
+        if offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) <= 0):
+            return f"its {off} are damaged"
+    shapes = {"face_bounds": (n, 4), "mouth_bounds": (n, 4), "landmarks": (n, 468, 2), "mouth_open": (n,),
+              "mouth_width": (n,)}
+    for key, shape in shapes.items():
+        if a[key].shape != shape or a[key].dtype.kind != "f" or not np.isfinite(a[key]).all():
+            return f"its {key} are damaged"
+    for key in ("fps", "frame_size"):
+        if a[key].shape != (2,) or a[key].dtype.kind not in "iu" or np.any(a[key] <= 0):
+            return f"its {key} is damaged"
+    return ""
+
+
 def check_cache(video: Path, path: Path) -> str:
-    """"" when the cache at `path` is good for `video`, else why it must be (re)built."""
+    """"" when the cache at `path` is good for `video`, else why it must be (re)built.
+
+    Every member is read (so a damaged zip member fails its CRC here) and checked by `validate_arrays`.
+    """
     if not path.exists():
         return "missing"
     try:
         with np.load(path, allow_pickle=False) as z:
             if "format_version" not in z.files or int(z["format_version"]) != FORMAT_VERSION:
                 return "it is from another format version"
-            missing = [k for k in REQUIRED_KEYS if k not in z.files]
-            if missing:
-                return "it is incomplete"
-            st = video.stat()
-            if int(z["source_size_bytes"]) == st.st_size and int(z["source_mtime_ns"]) == st.st_mtime_ns:
-                return ""
-            if bytes(z["source_sha256"]) != file_sha256(video):
-                return "the video changed"
+            a = {k: z[k] for k in REQUIRED_KEYS if k in z.files}
+        damage = validate_arrays(a)
+        if damage:
+            return damage
+        st = video.stat()
+        if int(a["source_size_bytes"]) == st.st_size and int(a["source_mtime_ns"]) == st.st_mtime_ns:
             return ""
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        if bytes(a["source_sha256"]) != file_sha256(video):
+            return "the video changed"
+        return ""
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         return f"it is corrupt ({type(exc).__name__})"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 from cachetools import LRUCache
 
-from lipsync_cli.media.cache import REGION_PX, cache_path, check_cache, prepare_model
+from lipsync_cli.media.cache import REGION_PX, cache_path, check_cache, prepare_model, validate_arrays
 from lipsync_cli.errors import CacheError
 from lipsync_cli.media.models import default_model, find_named_model, model_name, resolve_model
 from lipsync_cli.progress import ProgressFn
@@ -36,8 +37,11 @@ class Model:
         try:
             with np.load(cache_file, allow_pickle=False) as z:
                 a = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise CacheError(f"cannot read the cache {cache_file} ({exc})") from exc
+        damage = validate_arrays(a)
+        if damage:
+            raise CacheError(f"the cache {cache_file} cannot be used: {damage}")
         self.fps = Fraction(int(a["fps"][0]), int(a["fps"][1]))
         self.width, self.height = (int(v) for v in a["frame_size"])
         self._frame_jpeg, self._frame_off = a["frame_jpeg"], a["frame_offsets"]
@@ -145,7 +149,12 @@ class ModelStore:
                 if model is not None and _stat(video) == model.source_stat:
                     return model
             result = prepare_model(video, cache_dir=self.cache_dir, progress=self.progress)
-            model = Model(video, result.cache)
+            try:
+                model = Model(video, result.cache)
+            except CacheError:
+                # damaged after its check (or in a way only a full load shows): rebuild it once
+                result = prepare_model(video, cache_dir=self.cache_dir, force=True, progress=self.progress)
+                model = Model(video, result.cache)
             with self._lock:
                 self._models[video] = model  # drops the least recently used past the limit
             return model

@@ -51,6 +51,9 @@ def _open(path: Path):
     if not container.streams.video:
         container.close()
         raise VideoError(f"{path}: the file has no video stream")
+    if container.streams.video[0].codec_context is None:
+        container.close()
+        raise VideoError(f"{path}: the video stream's codec is unknown (the file may be damaged)")
     return container
 
 
@@ -70,8 +73,11 @@ def probe_video(path: str | Path) -> VideoInfo:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         fps = Fraction(rate).limit_denominator(1001)
+        if fps <= 0:  # a damaged header can claim a rate that rounds to nothing
+            fps = Fraction(25)
         duration_s = float(stream.duration * stream.time_base) if stream.duration else (
             container.duration / 1e6 if container.duration else 0.0)
+        duration_s = max(0.0, duration_s)
         width, height = stream.codec_context.width, stream.codec_context.height
         try:
             first = next(container.decode(stream), None)
@@ -164,13 +170,21 @@ class Mp4Writer:
         self.frames_written = 0
         self._closed = False
 
-    def write_frame(self, bgr: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 BGR frame (cropped to even size if needed)."""
+    def encoder_frame(self, bgr: np.ndarray):
+        """One (H, W, 3) uint8 BGR frame as the encoder's own yuv420p `av.VideoFrame` (cropped to even
+        size if needed). It is the same swscale conversion `write_frame` would make, so a caller can
+        run it in a worker thread (it releases the GIL) while the encoder works on earlier frames."""
         import av
 
         if bgr.shape[0] != self.height or bgr.shape[1] != self.width:
             bgr = bgr[: self.height, : self.width]
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(format="yuv420p")
+
+    def write_frame(self, frame) -> None:
+        """Append one frame: (H, W, 3) uint8 BGR (cropped to even size if needed), or what
+        `encoder_frame` made of one."""
+        if isinstance(frame, np.ndarray):
+            frame = self.encoder_frame(frame)
         frame.pts = self.frames_written
         frame.time_base = 1 / self.fps
         self._mux(self._video.encode(frame))

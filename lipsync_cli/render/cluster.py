@@ -41,7 +41,7 @@ try:  # one process prepares a model while the others sharing its cache wait (PO
 except ImportError:  # pragma: no cover - Windows workers prepare side by side, which is slower but correct
     fcntl = None
 
-TASK_RETRIES = 2  # reruns of a task that raised something other than a LipsyncError (a worker that dies is rerun anyway)
+TASK_RETRIES = 2  # reruns of a task that raised other than a LipsyncError (one whose worker died is rerun anyway)
 MAX_RESUBMITS = 2  # times a job is sent again when the model bytes it needed were lost with every worker holding them
 IN_FLIGHT_PER_THREAD = 2  # jobs queued per worker thread: one running, one waiting, so no worker idles
 MIN_IN_FLIGHT = 4  # at least this many jobs are queued (workers that join later find work)
@@ -226,7 +226,8 @@ def run_on_cluster(client: Client, jobs: list[Job], *, options: RenderOptions, s
         try:
             video = store.resolve(spec) if spec else default_model(models_dir=store.models_dir)
             model_asset, model_future = shipper.ship(video, again=reship)
-            onnx_asset, onnx_future = shipper.ship(options.onnx_path, again=reship) if options.onnx_path else (None, None)
+            onnx_asset, onnx_future = (shipper.ship(options.onnx_path, again=reship) if options.onnx_path
+                                       else (None, None))
             audio = job.audio.read_bytes()
         except LipsyncError as exc:
             return done(JobResult(job, error=_describe(exc)))
@@ -263,8 +264,6 @@ def run_on_cluster(client: Client, jobs: list[Job], *, options: RenderOptions, s
                 submit(index, reship=True)
             else:
                 done(JobResult(job, error=_describe(exc)))
-        except LipsyncError as exc:
-            done(JobResult(job, error=_describe(exc)))
         except Exception as exc:  # an error on the worker, after its retries: report it, do the other jobs
             done(JobResult(job, error=_describe(exc)))
         else:

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+
 from lipsync_cli.core.compositor import composite
 from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.generators import make_generator
@@ -83,13 +84,21 @@ def _compose(model: Model, mouth: MouthFrame) -> tuple[np.ndarray, bool]:
     return frame, composite(frame, mouth.image, mouth.bounds, reference=model.region(index))
 
 
-def _composed(model: Model, mouths: Iterator[MouthFrame]) -> Iterator[tuple[MouthFrame, np.ndarray, bool]]:
-    """(mouth, composited frame, pasted) in order; pasting runs a few frames ahead of the encoder
-    in a worker thread (OpenCV releases the GIL), so it overlaps with encoding."""
+def _compose_for(writer: Mp4Writer, model: Model, mouth: MouthFrame) -> tuple[object, bool]:
+    """`_compose`, its frame converted for `writer`'s encoder (`Mp4Writer.encoder_frame`)."""
+    frame, pasted = _compose(model, mouth)
+    return writer.encoder_frame(frame), pasted
+
+
+def _composed(model: Model, mouths: Iterator[MouthFrame],
+              writer: Mp4Writer) -> Iterator[tuple[MouthFrame, object, bool]]:
+    """(mouth, composited frame ready for `writer`, pasted) in order. Decoding, pasting and the
+    colour conversion run a few frames ahead of the encoder in a worker thread (OpenCV and swscale
+    release the GIL), so they overlap with encoding on the main thread."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsync-compose") as pool:
         pending: deque = deque()
         for mouth in mouths:
-            pending.append((mouth, pool.submit(_compose, model, mouth)))
+            pending.append((mouth, pool.submit(_compose_for, writer, model, mouth)))
             if len(pending) >= COMPOSE_AHEAD_FRAMES:
                 mouth_done, job = pending.popleft()
                 yield (mouth_done, *job.result())
@@ -122,7 +131,7 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
             with Mp4Writer(output, fps=model.fps, width=model.width, height=model.height,
                            audio_rate_hz=orig_rate, audio_channels=original.shape[1],
                            preset=options.preset, crf=options.crf) as writer:
-                for mouth, frame, pasted in _composed(model, frames):
+                for mouth, frame, pasted in _composed(model, frames, writer):
                     if mouth.index != written:
                         raise ServiceError(f"the service sent frame {mouth.index} where {written} was due")
                     fallbacks += not pasted

@@ -17,7 +17,9 @@ RenderClip renders them, and kept: a request for frame i answers with exactly Re
 the mouth at rest.
 
 The original API reports failures in the reply (success = false, error set), never as a gRPC
-status: one bad request gets one failed reply, and a stream or batch goes on with the next.
+status: one bad request gets one failed reply, and a stream or batch goes on with the next. The
+one exception is capacity: a StreamInference holds one of the server's stream slots (the
+`capacity` given to `add_legacy_service`) and is refused with RESOURCE_EXHAUSTED when none is free.
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ from lipsync_cli.core.driver import REST, MouthParams, drive
 from lipsync_cli.core.engine import MouthFrame, frames_for
 from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.core.timing import ping_pong
-from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
+from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceFullError
 from lipsync_cli.media.audio import clip_from_samples
 from lipsync_cli.media.cache import REGION_PX
 from lipsync_cli.media.models import VIDEO_SUFFIXES
 from lipsync_cli.media.store import Model, ModelStore
+from lipsync_cli.rpc.capacity import Capacity
+from lipsync_cli.rpc.limits import full_message
 from lipsync_cli.rpc.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc
 from lipsync_cli.rpc.service import AddServicer, encode_jpeg
 
@@ -178,8 +182,9 @@ class ClipCache:
 class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
     """`lipsyncsrv.LipSyncService` over a model store and the same mouth generator as LipSync."""
 
-    def __init__(self, store: ModelStore, generator: MouthGenerator):
+    def __init__(self, store: ModelStore, generator: MouthGenerator, capacity: Capacity | None = None):
         self.store, self.generator = store, generator
+        self.capacity = capacity if capacity is not None else Capacity()
         self.audio = AudioCache()
         self.clips = ClipCache(generator)
         # the rest mouth of a model frame is the same for every request: rendered and encoded once.
@@ -209,6 +214,11 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
     def StreamInference(self, request_iterator: Iterator[lipsync_legacy_pb2.InferenceRequest],
                         context: grpc.ServicerContext) -> Iterator[lipsync_legacy_pb2.InferenceResponse]:
         """One reply per request, in order, each as soon as it is ready."""
+        if not self.capacity.try_acquire():
+            full = self.capacity.state()
+            exc = ServiceFullError(full_message(full.in_use, full.limit))
+            log.info("StreamInference refused: %s", exc)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
             for request in request_iterator:
                 if not context.is_active():
@@ -219,6 +229,8 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
                 raise
             # a cancelled client makes reading its requests raise: nothing is wrong on this side
             log.info("StreamInference: the client went away")
+        finally:
+            self.capacity.release()
 
     def LoadModel(self, request: lipsync_legacy_pb2.LoadModelRequest, context: grpc.ServicerContext
                   ) -> lipsync_legacy_pb2.LoadModelResponse:
@@ -326,10 +338,11 @@ def _ms_since(started: float) -> int:
     return round(1000 * (time.perf_counter() - started))
 
 
-def add_legacy_service(store: ModelStore, generator: MouthGenerator) -> AddServicer:
+def add_legacy_service(store: ModelStore, generator: MouthGenerator, capacity: Capacity | None = None
+                       ) -> AddServicer:
     """An `extra_servicers` entry for `service.create_server` that serves the original API.
 
-    Pass the same generator as create_server's, so both APIs draw the same mouths from one model
-    memory.
+    Pass the same generator and capacity as create_server's, so both APIs draw the same mouths
+    from one model memory and share one limit of streams (default: a capacity of its own).
     """
-    return LegacyLipSyncServicer(store, generator).add_to
+    return LegacyLipSyncServicer(store, generator, capacity).add_to

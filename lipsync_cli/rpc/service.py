@@ -7,13 +7,21 @@ audio, hands it to `engine.render_clip` (RenderClip) or an `engine.LiveEngine` (
 sends each `MouthFrame` back through `to_proto` (its image as a JPEG).
 
 Failures become status codes with a one-line message: a bad audio format or bad audio is
-INVALID_ARGUMENT, an unknown model NOT_FOUND, anything else INTERNAL (and logged). One bad request
-never takes the server down.
+INVALID_ARGUMENT, an unknown model NOT_FOUND, a full server RESOURCE_EXHAUSTED, a stream that
+sends nothing for `stream_idle_s` DEADLINE_EXCEEDED, anything else INTERNAL (and logged). One bad
+request never takes the server down.
+
+Capacity (`rpc.capacity`): RenderClip and StreamAudio each hold a stream slot for their life; when
+none is free a call is refused at once. The thread pool has `limits.SPARE_WORKERS` threads more
+than there are slots, so health, reflection and ListModels are answered however busy the streams
+are. Deadlines: a call past its deadline stops rendering (gRPC answers DEADLINE_EXCEEDED).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -32,12 +40,13 @@ from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.timing import first_sample_of_frame
-from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
+from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError, ServiceFullError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, check_samples, pcm_to_float, resample, to_mono
 from lipsync_cli.media.models import served_models
 from lipsync_cli.media.store import Model, ModelStore
 from lipsync_cli.media.video import probe_video
-from lipsync_cli.rpc.limits import MAX_MESSAGE_BYTES
+from lipsync_cli.rpc.capacity import Capacity
+from lipsync_cli.rpc.limits import DEFAULT_STREAM_IDLE_S, MAX_MESSAGE_BYTES, SPARE_WORKERS, stalled_message
 from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,8 @@ MAX_RATE_HZ = 192_000
 MAX_CHANNELS = 8
 SAMPLE_TYPES = {lipsync_pb2.PCM_S16LE: "s16", lipsync_pb2.FLOAT32LE: "f32"}  # proto enum -> audio.pcm_to_float
 JPEG_QUALITY = 90
+READ_AHEAD_CHUNKS = 4  # stream messages read ahead of the renderer: more and gRPC's flow control would not hold a fast client back
+READ_POLL_S = 0.5  # how often a blocked reader looks whether its stream has ended
 
 # An `extra_servicers` entry registers another service on the server; it may return the full names
 # of the services it added, so they are marked SERVING and listed by reflection too.
@@ -56,6 +67,66 @@ AddServicer = Callable[[grpc.Server], Iterable[str] | None]
 
 class _InvalidRequest(Exception):
     """The request breaks the protocol (answered with INVALID_ARGUMENT); never leaves this module."""
+
+
+class _Stalled(Exception):
+    """The client sent nothing for too long (answered with DEADLINE_EXCEEDED); never leaves this module."""
+
+
+class _PastDeadline(Exception):
+    """The call's deadline has passed: stop working (answered with DEADLINE_EXCEEDED)."""
+
+
+_END = object()  # the client closed its side of the stream
+
+
+def _expired(context: grpc.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def _read_with_idle_limit(requests: Iterator, context: grpc.ServicerContext, idle_s: float) -> Iterator:
+    """The messages of `requests`, read in a thread of their own so that a client that sends nothing
+    for idle_s (or past the call's deadline) is noticed: _Stalled (_PastDeadline) instead of waiting forever."""
+    inbox: queue.Queue = queue.Queue(maxsize=READ_AHEAD_CHUNKS)
+    done = threading.Event()
+
+    def put(item) -> None:
+        while not done.is_set():
+            try:
+                inbox.put(item, timeout=READ_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def read() -> None:
+        try:
+            for message in requests:
+                put(message)
+                if done.is_set():
+                    return
+            put(_END)
+        except Exception as exc:  # the client went away, or the call ended: the handler decides
+            put(exc)
+
+    threading.Thread(target=read, name="lipsync-rpc-read", daemon=True).start()
+    try:
+        while True:
+            remaining = context.time_remaining()
+            wait_s = idle_s if remaining is None else min(idle_s, max(remaining, 0.0))
+            try:
+                item = inbox.get(timeout=wait_s)
+            except queue.Empty:
+                if _expired(context) or not context.is_active():
+                    raise _PastDeadline() from None
+                raise _Stalled(stalled_message(idle_s)) from None
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        done.set()
 
 
 @dataclass(frozen=True)
@@ -104,13 +175,16 @@ def to_proto(frame: MouthFrame) -> lipsync_pb2.MouthFrame:
 class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
     """The `lipsync.v1.LipSync` service over a model store and one mouth generator."""
 
-    def __init__(self, store: ModelStore, generator: MouthGenerator):
+    def __init__(self, store: ModelStore, generator: MouthGenerator, *, capacity: Capacity | None = None,
+                 stream_idle_s: float = DEFAULT_STREAM_IDLE_S):
         self.store, self.generator = store, generator
+        self.capacity = capacity if capacity is not None else Capacity()
+        self.stream_idle_s = stream_idle_s
 
     def RenderClip(self, request: lipsync_pb2.ClipRequest, context: grpc.ServicerContext
                    ) -> Iterator[lipsync_pb2.MouthFrame]:
         """One reply per output frame of the whole clip, in order."""
-        with _status_from_errors(context, "RenderClip"):
+        with _status_from_errors(context, "RenderClip"), self.capacity.slot():
             fmt = _check_format(request.format)
             if not request.audio:
                 raise _InvalidRequest("the request holds no audio")
@@ -123,6 +197,8 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                     f"({1000 / float(model.fps):.1f} ms at {float(model.fps):g} fps)")
             frames = engine.render_clip(model, mono, generator=self.generator, first_frame=request.first_frame)
             for i, frame in enumerate(frames):
+                if _expired(context):
+                    raise _PastDeadline()
                 if not context.is_active():
                     log.info("RenderClip: the client went away after %d frames; stopping", i)
                     return
@@ -130,8 +206,9 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
 
     def StreamAudio(self, request_iterator: Iterator[lipsync_pb2.AudioChunk], context: grpc.ServicerContext
                     ) -> Iterator[lipsync_pb2.MouthFrame]:
-        """A reply per output frame as soon as the driver has decided it."""
-        with _status_from_errors(context, "StreamAudio"):
+        """A reply per output frame as soon as the driver has decided it (offline: its whole audio window)."""
+        with _status_from_errors(context, "StreamAudio"), self.capacity.slot():
+            request_iterator = _read_with_idle_limit(request_iterator, context, self.stream_idle_s)
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("body") != "start":
                 raise _InvalidRequest("the first message of a stream must be a StreamStart naming the model "
@@ -139,13 +216,15 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
             fmt = _check_format(first.start.format)
             model = self._model(first.start.model)
             live = engine.LiveEngine(model, self.generator, sample_rate_hz=fmt.rate_hz,
-                                     first_frame=first.start.first_frame)
+                                     first_frame=first.start.first_frame, offline=first.start.offline)
             captured_at_s = first.captured_at_s
             for chunk in request_iterator:
                 if chunk.WhichOneof("body") != "audio":
                     raise _InvalidRequest("only the first message of a stream may be a StreamStart")
                 captured_at_s = chunk.captured_at_s
                 for frame in live.push(_decode_mono(chunk.audio, fmt), captured_at_s):
+                    if _expired(context):
+                        raise _PastDeadline()
                     if not context.is_active():
                         return
                     yield to_proto(frame)
@@ -191,6 +270,16 @@ def _status_from_errors(context: grpc.ServicerContext, rpc: str) -> Iterator[Non
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except ModelNotFoundError as exc:
         context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    except ServiceFullError as exc:
+        log.info("%s refused: %s", rpc, exc)
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    except _Stalled as exc:
+        log.info("%s: %s", rpc, exc)
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+    except _PastDeadline:
+        # stopped: said as an error, so that a client never takes the frames so far for the whole clip
+        log.info("%s: the deadline passed; stopped", rpc)
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{rpc}: the call's deadline passed")
     except LipsyncError as exc:
         log.error("%s failed: %s", rpc, exc)
         context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed: {exc}")
@@ -204,23 +293,30 @@ def _status_from_errors(context: grpc.ServicerContext, rpc: str) -> Iterator[Non
 
 
 def create_server(address: str = "127.0.0.1:0", *, store: ModelStore, generator: MouthGenerator | None = None,
-                  max_workers: int = 16, extra_servicers: Iterable[AddServicer] = ()) -> tuple[grpc.Server, int]:
+                  capacity: Capacity | None = None, stream_idle_s: float = DEFAULT_STREAM_IDLE_S,
+                  extra_servicers: Iterable[AddServicer] = ()) -> tuple[grpc.Server, int]:
     """A started gRPC server with the LipSync, health and reflection services; returns it and its port.
 
     address: "host:port"; port 0 picks a free one. generator: the mouth generator (default: the
-    avatar's own mouth). max_workers: calls served at once (a stream holds one for its whole life).
-    extra_servicers: callables `add(server)` that register more services (for example the original
-    system's API); each may return the full names of what it added, for health and reflection.
+    avatar's own mouth). capacity: the stream slots RenderClip and StreamAudio share (default:
+    `Capacity()`, `limits.default_max_streams()` of them); pass the same one to the other stream
+    endpoints of the process and read its `state()` for readiness. stream_idle_s: a stream that
+    sends nothing for this long is closed. The pool has capacity.limit + SPARE_WORKERS threads, so
+    health, reflection and ListModels always find one. extra_servicers: callables `add(server)`
+    that register more services (for example the original system's API); each may return the full
+    names of what it added, for health and reflection.
     """
     generator = generator if generator is not None else make_generator()
+    capacity = capacity if capacity is not None else Capacity()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lipsync-rpc"),
+        futures.ThreadPoolExecutor(max_workers=capacity.limit + SPARE_WORKERS, thread_name_prefix="lipsync-rpc"),
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  # on by default on Linux: a second server on a busy port would bind silently and
                  # take a share of the calls; off, binding fails and says so
                  ("grpc.so_reuseport", 0)])
-    lipsync_pb2_grpc.add_LipSyncServicer_to_server(LipSyncServicer(store, generator), server)
+    servicer = LipSyncServicer(store, generator, capacity=capacity, stream_idle_s=stream_idle_s)
+    lipsync_pb2_grpc.add_LipSyncServicer_to_server(servicer, server)
     names = [SERVICE_NAME]
     for add in extra_servicers:
         names.extend(add(server) or ())

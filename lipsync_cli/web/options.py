@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from lipsync_cli.defaults import DEFAULT_REALTIME_MODEL
 from lipsync_cli.errors import LipsyncError
 
+# where a page POSTs its WebRTC SDP offer with the minted secret (OpenAI's "Realtime API with WebRTC")
+DEFAULT_REALTIME_CALLS_URL = "https://api.openai.com/v1/realtime/calls"
 DEFAULT_TOKEN_TTL_S = 600
 # the range OpenAI accepts for `expires_after.seconds`
 MIN_TOKEN_TTL_S = 10
@@ -22,6 +24,7 @@ DEFAULT_TOKEN_RATE_PER_MIN = 30
 # beyond this a limit protects little, and 0 turns it off
 MAX_TOKEN_RATE_PER_MIN = 1000
 _ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
+_URL_RE = re.compile(r"^https?://[^/\s]+(/\S*)?$")
 
 
 def _env(name: str) -> str | None:
@@ -40,6 +43,8 @@ class HttpOptions:
     openai_api_key: str | None = field(default_factory=lambda: _env("OPENAI_API_KEY"), repr=False)
     # the Realtime model the minted session is for
     realtime_model: str = DEFAULT_REALTIME_MODEL
+    # the Realtime calls endpoint the page connects to (told to it by GET /api/config); another for tests
+    realtime_calls_url: str = DEFAULT_REALTIME_CALLS_URL
     # how long a minted client secret stays valid
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
     # token requests one client (peer IP) may make in any 60 s; 0: no limit
@@ -50,6 +55,8 @@ class HttpOptions:
             if origin != "*" and not _ORIGIN_RE.match(origin):
                 raise LipsyncError(f"allowed origin {origin!r} must look like https://host[:port], "
                                    "with no path and no trailing slash")
+        if not _URL_RE.match(self.realtime_calls_url):
+            raise LipsyncError(f"the Realtime calls URL {self.realtime_calls_url!r} must be an http(s) URL")
         if not MIN_TOKEN_TTL_S <= self.token_ttl_s <= MAX_TOKEN_TTL_S:
             raise LipsyncError(f"the token lifetime must be {MIN_TOKEN_TTL_S} to {MAX_TOKEN_TTL_S} s, "
                                f"not {self.token_ttl_s}")

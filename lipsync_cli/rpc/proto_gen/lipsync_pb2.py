@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rlipsync.proto\x12\nlipsync.v1\"d\n\x0b\x41udioFormat\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12+\n\x0bsample_type\x18\x03 \x01(\x0e\x32\x16.lipsync.v1.SampleType\"i\n\x0b\x43lipRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x17.lipsync.v1.AudioFormat\x12\r\n\x05\x61udio\x18\x03 \x01(\x0c\x12\x13\n\x0b\x66irst_frame\x18\x04 \x01(\r\"Z\n\x0bStreamStart\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x17.lipsync.v1.AudioFormat\x12\x13\n\x0b\x66irst_frame\x18\x03 \x01(\r\"f\n\nAudioChunk\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.lipsync.v1.StreamStartH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12\x15\n\rcaptured_at_s\x18\x03 \x01(\x01\x42\x06\n\x04\x62ody\"\xa3\x01\n\nMouthFrame\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0fprediction_data\x18\x02 \x01(\x0c\x12\x0e\n\x06\x62ounds\x18\x03 \x03(\x02\x12\x0e\n\x06speech\x18\x04 \x01(\x08\x12\x13\n\x0bmodel_frame\x18\x05 \x01(\r\x12\x12\n\nmouth_open\x18\x06 \x01(\x02\x12\r\n\x05shape\x18\x07 \x01(\t\x12\x15\n\rcaptured_at_s\x18\x08 \x01(\x01\"\x13\n\x11ListModelsRequest\"g\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\x0e\n\x06\x66rames\x18\x05 \x01(\r\x12\x10\n\x08prepared\x18\x06 \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.lipsync.v1.ModelInfo*G\n\nSampleType\x12\x1b\n\x17SAMPLE_TYPE_UNSPECIFIED\x10\x00\x12\r\n\tPCM_S16LE\x10\x01\x12\r\n\tFLOAT32LE\x10\x02\x32\xda\x01\n\x07LipSync\x12?\n\nRenderClip\x12\x17.lipsync.v1.ClipRequest\x1a\x16.lipsync.v1.MouthFrame0\x01\x12\x41\n\x0bStreamAudio\x12\x16.lipsync.v1.AudioChunk\x1a\x16.lipsync.v1.MouthFrame(\x01\x30\x01\x12K\n\nListModels\x12\x1d.lipsync.v1.ListModelsRequest\x1a\x1e.lipsync.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rlipsync.proto\x12\nlipsync.v1\"d\n\x0b\x41udioFormat\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12+\n\x0bsample_type\x18\x03 \x01(\x0e\x32\x16.lipsync.v1.SampleType\"i\n\x0b\x43lipRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x17.lipsync.v1.AudioFormat\x12\r\n\x05\x61udio\x18\x03 \x01(\x0c\x12\x13\n\x0b\x66irst_frame\x18\x04 \x01(\r\"k\n\x0bStreamStart\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x17.lipsync.v1.AudioFormat\x12\x13\n\x0b\x66irst_frame\x18\x03 \x01(\r\x12\x0f\n\x07offline\x18\x04 \x01(\x08\"f\n\nAudioChunk\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.lipsync.v1.StreamStartH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12\x15\n\rcaptured_at_s\x18\x03 \x01(\x01\x42\x06\n\x04\x62ody\"\xa3\x01\n\nMouthFrame\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0fprediction_data\x18\x02 \x01(\x0c\x12\x0e\n\x06\x62ounds\x18\x03 \x03(\x02\x12\x0e\n\x06speech\x18\x04 \x01(\x08\x12\x13\n\x0bmodel_frame\x18\x05 \x01(\r\x12\x12\n\nmouth_open\x18\x06 \x01(\x02\x12\r\n\x05shape\x18\x07 \x01(\t\x12\x15\n\rcaptured_at_s\x18\x08 \x01(\x01\"\x13\n\x11ListModelsRequest\"g\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\x0e\n\x06\x66rames\x18\x05 \x01(\r\x12\x10\n\x08prepared\x18\x06 \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.lipsync.v1.ModelInfo*G\n\nSampleType\x12\x1b\n\x17SAMPLE_TYPE_UNSPECIFIED\x10\x00\x12\r\n\tPCM_S16LE\x10\x01\x12\r\n\tFLOAT32LE\x10\x02\x32\xda\x01\n\x07LipSync\x12?\n\nRenderClip\x12\x17.lipsync.v1.ClipRequest\x1a\x16.lipsync.v1.MouthFrame0\x01\x12\x41\n\x0bStreamAudio\x12\x16.lipsync.v1.AudioChunk\x1a\x16.lipsync.v1.MouthFrame(\x01\x30\x01\x12K\n\nListModels\x12\x1d.lipsync.v1.ListModelsRequest\x1a\x1e.lipsync.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lipsync_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLETYPE']._serialized_start=787
-  _globals['_SAMPLETYPE']._serialized_end=858
+  _globals['_SAMPLETYPE']._serialized_start=804
+  _globals['_SAMPLETYPE']._serialized_end=875
   _globals['_AUDIOFORMAT']._serialized_start=29
   _globals['_AUDIOFORMAT']._serialized_end=129
   _globals['_CLIPREQUEST']._serialized_start=131
   _globals['_CLIPREQUEST']._serialized_end=236
   _globals['_STREAMSTART']._serialized_start=238
-  _globals['_STREAMSTART']._serialized_end=328
-  _globals['_AUDIOCHUNK']._serialized_start=330
-  _globals['_AUDIOCHUNK']._serialized_end=432
-  _globals['_MOUTHFRAME']._serialized_start=435
-  _globals['_MOUTHFRAME']._serialized_end=598
-  _globals['_LISTMODELSREQUEST']._serialized_start=600
-  _globals['_LISTMODELSREQUEST']._serialized_end=619
-  _globals['_MODELINFO']._serialized_start=621
-  _globals['_MODELINFO']._serialized_end=724
-  _globals['_LISTMODELSRESPONSE']._serialized_start=726
-  _globals['_LISTMODELSRESPONSE']._serialized_end=785
-  _globals['_LIPSYNC']._serialized_start=861
-  _globals['_LIPSYNC']._serialized_end=1079
+  _globals['_STREAMSTART']._serialized_end=345
+  _globals['_AUDIOCHUNK']._serialized_start=347
+  _globals['_AUDIOCHUNK']._serialized_end=449
+  _globals['_MOUTHFRAME']._serialized_start=452
+  _globals['_MOUTHFRAME']._serialized_end=615
+  _globals['_LISTMODELSREQUEST']._serialized_start=617
+  _globals['_LISTMODELSREQUEST']._serialized_end=636
+  _globals['_MODELINFO']._serialized_start=638
+  _globals['_MODELINFO']._serialized_end=741
+  _globals['_LISTMODELSRESPONSE']._serialized_start=743
+  _globals['_LISTMODELSRESPONSE']._serialized_end=802
+  _globals['_LIPSYNC']._serialized_start=878
+  _globals['_LIPSYNC']._serialized_end=1096
 # @@protoc_insertion_point(module_scope)

@@ -39,14 +39,16 @@ class ClipRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., audio: _Optional[bytes] = ..., first_frame: _Optional[int] = ...) -> None: ...
 
 class StreamStart(_message.Message):
-    __slots__ = ("model", "format", "first_frame")
+    __slots__ = ("model", "format", "first_frame", "offline")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_FIELD_NUMBER: _ClassVar[int]
     model: str
     format: AudioFormat
     first_frame: int
-    def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., first_frame: _Optional[int] = ...) -> None: ...
+    offline: bool
+    def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., first_frame: _Optional[int] = ..., offline: _Optional[bool] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("start", "audio", "captured_at_s")

@@ -1,0 +1,185 @@
+"""Faults (issue 14, item 6): a full disk while writing an MP4 or a cache, and a service killed mid-render.
+
+The disk is filled two ways: a file-size limit on the CLI's process (RLIMIT_FSIZE, SIGXFSZ ignored,
+so a write fails with EFBIG as it would with ENOSPC), and, where this user may mount one, a small
+tmpfs (ENOSPC itself). Either way: one clear line, no partial output, the previous cache intact.
+The service is killed for real: two `create_server` processes, SIGKILL to the one rendering.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from conftest import REPO, SAMPLE_SPEECH, SAMPLE_VIDEO
+from helpers import assert_clean_error
+from lipsync_cli.core.timing import frame_count
+from lipsync_cli.errors import ServiceError
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
+from lipsync_cli.media.cache import cache_path
+from lipsync_cli.render.pipeline import RenderOptions, render
+
+MP4_LIMIT_BYTES = 200_000  # the sample render is about 580 KB: the writer fails part-way
+TMPFS_BYTES = 400 * 1024
+KILL_AT_FRAME = 10  # frames written before the serving replica is killed
+
+
+def _run_limited(*args, limit_bytes: int | None = None, timeout_s: float = 300):
+    """`python -m lipsync_cli ARGS`, its files limited to limit_bytes each (a full disk for that process)."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing the process
+        if limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-m", "lipsync_cli", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=timeout_s, cwd=REPO)
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path):
+    """A TMPFS_BYTES tmpfs mounted for the test; skipped where this user may not mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def _assert_no_output(folder: Path) -> None:
+    assert [p.name for p in folder.iterdir()] == [], "a partial or temporary file was left behind"
+
+
+def test_a_full_disk_while_writing_the_mp4_leaves_nothing(tmp_path, cache_dir, sample_model):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    done = _run_limited("render", SAMPLE_SPEECH, "-o", out_dir / "out.mp4", "--cache-dir", cache_dir,
+                        limit_bytes=MP4_LIMIT_BYTES)
+    assert_clean_error(done, "OutputError", str(out_dir / "out.mp4"), "File too large")
+    _assert_no_output(out_dir)
+
+
+def test_a_full_tmpfs_while_writing_the_mp4_leaves_nothing(small_tmpfs, cache_dir, sample_model):
+    done = _run_limited("render", SAMPLE_SPEECH, "-o", small_tmpfs / "out.mp4", "--cache-dir", cache_dir)
+    assert_clean_error(done, "OutputError", "No space left on device")
+    _assert_no_output(small_tmpfs)
+
+
+def test_a_full_disk_while_writing_a_cache_keeps_the_previous_one(tmp_path, cache_dir, sample_model):
+    # a cache folder of its own holding a copy of the session's good cache
+    cache = cache_path(SAMPLE_VIDEO, tmp_path / "cache")
+    cache.parent.mkdir()
+    cache.write_bytes(cache_path(SAMPLE_VIDEO, cache_dir).read_bytes())
+    before = cache.read_bytes()
+    done = _run_limited("prepare", SAMPLE_VIDEO, "--force", "--cache-dir", cache.parent,
+                        limit_bytes=len(before) // 2)
+    assert_clean_error(done, "CacheError", "File too large")
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name], "a temporary cache file was left behind"
+    assert cache.read_bytes() == before
+    fresh = _run_limited("prepare", SAMPLE_VIDEO, "--cache-dir", cache.parent)
+    assert fresh.returncode == 0 and "up to date" in fresh.stdout, fresh.stdout + fresh.stderr
+
+
+# --- a replica killed mid-render ------------------------------------------------------------------
+
+SERVER_SCRIPT = """
+import sys, time
+from pathlib import Path
+from lipsync_cli.rpc.service import create_server
+from lipsync_cli.media.store import ModelStore
+sys.path.insert(0, {tests!r})
+from test_service import CountingGenerator
+
+class Marking(CountingGenerator):
+    # writes the file `marker` when it renders its first frame: the test knows who is rendering
+    marker = None
+    def open_stream(self, model):
+        stream = super().open_stream(model)
+        marker = self.marker
+        class Marked:
+            def render(self, **kwargs):
+                marker.touch()
+                return stream.render(**kwargs)
+        return Marked()
+
+generator = Marking(delay_s=0.02)
+server, port = create_server(store=ModelStore(cache_dir=Path({cache!r})), generator=generator)
+generator.marker = Path({markers!r}) / str(port)
+print(port, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture()
+def two_replicas(tmp_path, cache_dir, sample_model):
+    """Two service processes on free ports: [(process, port)], and the folder their markers go to."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = SERVER_SCRIPT.format(tests=str(REPO / "tests"), cache=str(cache_dir), markers=str(markers))
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        replicas = []
+        for proc in procs:
+            line = proc.stdout.readline()
+            assert line, "a server process did not start (see its stderr above)"
+            replicas.append((proc, int(line)))
+        yield replicas, markers
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _decoded_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_a_render_carries_on_on_another_replica_when_its_server_is_killed(tmp_path, store, two_replicas):
+    replicas, markers = two_replicas
+    killed = []
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage == "rendering" and done == KILL_AT_FRAME and not killed:
+            serving = [(proc, port) for proc, port in replicas if (markers / str(port)).exists()]
+            assert len(serving) == 1, "one replica renders the clip"
+            serving[0][0].send_signal(signal.SIGKILL)
+            killed.append(serving[0][1])
+
+    output = tmp_path / "out.mp4"
+    server = ",".join(f"127.0.0.1:{port}" for _, port in replicas)
+    summary = render(SAMPLE_SPEECH, output, options=RenderOptions(server=server), store=store, progress=progress)
+    assert killed, "the render ended before a replica could be killed"
+    survivor = [port for _, port in replicas if port not in killed]
+    assert (markers / str(survivor[0])).exists(), "the other replica took over"
+    expected = frame_count(len(load_audio(SAMPLE_SPEECH).samples), fps=25, sample_rate_hz=SAMPLE_RATE_HZ)
+    assert summary.frames == expected
+    assert _decoded_frames(output) == expected
+
+
+def test_without_a_replica_list_a_killed_server_fails_the_render_cleanly(tmp_path, store, two_replicas):
+    replicas, _ = two_replicas
+    proc, port = replicas[0]
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage == "rendering" and done == KILL_AT_FRAME:
+            proc.send_signal(signal.SIGKILL)
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(ServiceError, match="went away mid-render"):
+        render(SAMPLE_SPEECH, out_dir / "out.mp4", options=RenderOptions(server=f"127.0.0.1:{port}"), store=store,
+               progress=progress)
+    _assert_no_output(out_dir)
