@@ -56,6 +56,7 @@ def _pct(values: list[float]) -> str:
 
 def sound_to_screen(model: str, cache_dir: Path, bursts: int, tmp: Path) -> None:
     """Part 1: one session, `bursts` bursts, printed."""
+    tmp.mkdir(parents=True, exist_ok=True)
     burst = tmp / "burst.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(burst), BURST_TEXT], check=True)
     with virtual_display() as display, virtual_sound(tmp / "pulse") as sound:
@@ -112,7 +113,7 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--audio", type=Path, default=SPEECH_20S)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="part 2's length; 0: skip part 2")
     args = parser.parse_args()
     store = ModelStore()
     store.get(store.resolve(args.model))  # prepared before any clock starts
@@ -124,9 +125,10 @@ def main() -> None:
                 sound_to_screen(args.model, store.cache_dir, args.bursts, Path(tmp) / f"run{run}")
             except Unavailable as exc:
                 print(f"  skipped: {exc}")
-            print(f"run {run}/{args.repeat}: {args.audio.name} looped to {args.seconds:.0f} s as the microphone, "
-                  "headless")
-            file_path(args.model, args.audio, args.seconds, Path(tmp))
+            if args.seconds > 0:
+                print(f"run {run}/{args.repeat}: {args.audio.name} looped to {args.seconds:.0f} s as the "
+                      "microphone, headless")
+                file_path(args.model, args.audio, args.seconds, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lipsync_cli.defaults import (DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_REALTIME_MODEL,
-                                   DEFAULT_VOICE)
+from lipsync_cli.defaults import (DEFAULT_DRAIN_S, DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT,
+                                   DEFAULT_REALTIME_MODEL, DEFAULT_VOICE)
 from lipsync_cli.errors import LipsyncError
 from lipsync_cli.media.store import DEFAULT_MODEL_LIMIT
 from lipsync_cli.web.options import DEFAULT_TOKEN_RATE_PER_MIN, MAX_TOKEN_RATE_PER_MIN, HttpOptions
@@ -195,6 +195,8 @@ def serve(
     max_streams: Optional[int] = typer.Option(None, "--max-streams", min=1,
                                               help="Streams and clips served at once; more are refused at once "
                                               "(\"the lip-sync service is full\"). Default: from the CPU cores."),
+    drain_s: float = typer.Option(DEFAULT_DRAIN_S, "--drain-s", min=0,
+                                  help="On SIGTERM: seconds running streams get to finish before serve exits."),
 ) -> None:
     """Serve the model videos, the OpenAI token endpoint and the gRPC lip-sync service."""
     import logging
@@ -205,7 +207,7 @@ def serve(
     http = HttpOptions(allowed_origins=tuple(allow_origin), token_rate_per_min=token_rate,
                        **({"token_secret": token_secret} if token_secret else {}))
     settings = ServeSettings(models_dir=models_dir, cache_dir=cache_dir, max_models=max_models, http=http,
-                             max_streams=max_streams)
+                             max_streams=max_streams, drain_s=drain_s)
 
     def ready(urls: dict[str, str]) -> None:
         out.print(f"web page and HTTP API: [bold]{urls['http']}[/]\ngRPC lip-sync service: [bold]{urls['grpc']}[/]"

@@ -8,3 +8,4 @@ DEFAULT_HTTP_PORT = 3000
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_REALTIME_MODEL = "gpt-realtime"  # the OpenAI Realtime model of `live --agent openai` and `/api/token`
 DEFAULT_VOICE = "alloy"
+DEFAULT_DRAIN_S = 20.0  # serve on SIGTERM: running streams get this long to finish (Kubernetes waits 30 s before SIGKILL)

@@ -49,7 +49,6 @@ class VoiceTrack(MediaStreamTrack):
         self.started_at: float | None = None  # time.monotonic() of the first packet
         self.started = asyncio.Event()
         self.silenced = False  # after a barge-in
-        self.trace = []
 
     async def recv(self) -> AudioFrame:
         if self.started_at is None:
@@ -65,7 +64,6 @@ class VoiceTrack(MediaStreamTrack):
         frame.pts = self.sent
         frame.time_base = fractions.Fraction(1, RATE_HZ)
         self.sent += PACKET_SAMPLES
-        self.trace.append((time.monotonic() - self.started_at, self.sent, id(asyncio.current_task())))
         return frame
 
 

@@ -50,7 +50,7 @@ def test_answer_is_heard_mouthed_and_captioned(env, tmp_path, cache_dir, sample_
     out = tmp_path / "agent.mp4"
     with FakeRealtime(answer, answer_text="I am fine, thank you.", user_text="Hello, how are you?") as fake:
         env["OPENAI_BASE_URL"] = fake.base_url
-        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=8.5,
+        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=10.0,
                                 agent={})
         assert session.first_frame.wait(30), session.wait().stderr
         deadline = time.monotonic() + 15
@@ -91,12 +91,12 @@ def test_barge_in_stops_the_answer_and_truncates_it(env, tmp_path, cache_dir, sa
     out = tmp_path / "barge.mp4"
     with FakeRealtime(answer, answer_text="Once upon a time") as fake:
         env["OPENAI_BASE_URL"] = fake.base_url
-        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=8.0,
+        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=10.0,
                                 agent={}, window=False)
         session.wait(40)
     assert session.proc.returncode == 0, session.stderr
     truncates = fake.of_type("conversation.item.truncate")
-    assert len(truncates) == 1, fake.events
+    assert len(truncates) == 1, (session.messages, session.transcripts, [e.get("type") for _, _, e in fake.events][-30:], session.summary)
     assert truncates[0]["item_id"] == "answer1_1" and truncates[0]["content_index"] == 0
     played_ms = truncates[0]["audio_end_ms"]
     assert 700 < played_ms < 2600, played_ms
@@ -121,7 +121,7 @@ def test_error_event_and_dropped_socket_reconnect(env, tmp_path, cache_dir):
     user = _user_wav(tmp_path, LEAD_S + 1.5, question, 6.0)
     with FakeRealtime(answer, answer_text="Yes.", misbehave={1: "error", 2: "drop"}) as fake:
         env["OPENAI_BASE_URL"] = fake.base_url
-        session = start_session(env, cache_dir, input=user, model=str(SAMPLE_VIDEO), duration_s=9.0, agent={},
+        session = start_session(env, cache_dir, input=user, model=str(SAMPLE_VIDEO), duration_s=11.0, agent={},
                                 window=False)
         session.wait(40)
     assert session.proc.returncode == 0, session.stderr

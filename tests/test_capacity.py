@@ -134,8 +134,11 @@ def test_a_full_server_refuses_new_streams_at_once_and_still_answers_the_rest(fu
         t.start()
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
+        # health answers at once; a full service says it is not ready for more, the server itself is up
         reply = health.Check(health_pb2.HealthCheckRequest(service="lipsync.v1.LipSync"), timeout=ANSWER_TIMEOUT_S)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        whole = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=ANSWER_TIMEOUT_S)
+        assert whole.status == health_pb2.HealthCheckResponse.SERVING
         assert stub.ListModels(lipsync_pb2.ListModelsRequest(), timeout=ANSWER_TIMEOUT_S).models
     for t in threads:
         t.join()

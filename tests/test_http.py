@@ -227,7 +227,7 @@ def test_models_list_and_health(client, media):
     clip = next(m for m in models if m["name"] == "clip")
     assert clip == {"name": "clip", "url": "/api/model-video/clip", "size_bytes": media["video"].stat().st_size,
                     "duration_s": pytest.approx(1.2, abs=0.05), "fps": 25.0, "width": 96, "height": 96,
-                    "prepared": False}
+                    "prepared": False, "browser_url": "/api/model-video/clip"}
     for m in models:  # every listed model can be fetched
         assert client.head(m["url"]).status_code == 200
     assert client.get("/healthz").json() == {"ok": True}

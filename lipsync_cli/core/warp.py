@@ -16,8 +16,9 @@ import numpy as np
 from lipsync_cli.core.region import smoothstep
 from lipsync_cli.media import face as F
 
-UPPER_SHARE = 0.1  # of an opening, how much the upper lip rises (the jaw does the rest, as in people)
-SLIT_FRACTION = 0.9  # the share of the inner-lip width that opens; the corners stay together
+UPPER_SHARE = 0.12  # of an opening, how much the upper lip rises in the middle (the jaw does the rest, as in people;
+# more reads as a shut mouth to the landmark tracker)
+SLIT_FRACTION = 0.8  # the share of the inner-lip width that opens; the corners stay together
 STRETCH_MAX = 2.5  # how far a real inner mouth may be stretched before it is drawn instead
 MIN_MOUTH_WIDTH_PX = 4  # inner corners closer than this: no mouth to warp
 MIN_GAP_CHANGE_PX = 0.6  # a gap this close to the target is left as it is...
@@ -33,7 +34,8 @@ WORK_TOP_SHARE = 0.3  # the work window starts this share of the way from the no
 WORK_MARGIN_PX = 4  # the window reaches below the jawline by the fade, the drop and this margin
 MIN_WORK_PX = 4  # a window narrower or shorter than this is not worth warping
 # the opening profile across the mouth (a function of u)
-OPEN_LENS_POWER = 0.5  # opening: (1 - u^2) ** this, a rounded opening between the corners (a pointed lens reads shut)
+OPEN_LENS_POWER = 0.5  # opening: the lower lip drops (1 - u^2) ** this, rounded between the corners (a pointed lens reads shut)...
+UPPER_LIFT_POWER = 1.2  # ...the upper lip rises (1 - u^2) ** this: most in the middle, the corners stay nearly shut
 CLOSE_PROFILE_ORDER = 6  # closing: (1 - u^6) ** CLOSE_PROFILE_POWER, fuller so no sliver of gap stays
 CLOSE_PROFILE_POWER = 0.5
 LIP_LIFT_HALF_WIDTH = 1.6  # columns this many u out no longer rise with the upper lip
@@ -50,39 +52,50 @@ SPREAD_HALF_HEIGHTS = 1.2  # its vertical scale about the gap's centre, in hw
 MIN_STRETCH_GAP_PX = 2.0  # a source gap narrower than this has no inner mouth to stretch
 MIN_DRAWN_GAP_PX = 1.0  # the inner mouth is drawn only where the new gap is wider than this
 
-# the drawn inner mouth, in this person's colours (`InteriorLook`): BGR factors on the lip colour
+# the drawn inner mouth, in this person's colours (`InteriorLook`): BGR factors on the lip colour.
+# A person's open mouth is dark red-brown near the lips (wet inner lips, palate, cheeks catch some
+# light) and near black at the back; the upper teeth show as a band partly under the lip, in the
+# mouth's shade; the tongue lies low in a wide opening; lower teeth rarely show.
 DEFAULT_LIP_BGR = (90, 90, 150)  # when the lips cannot be found
 DEFAULT_SKIN_LEVEL = 160.0  # grey level of the face when the skin cannot be measured
 SKIN_POINTS = (50, 280, 205, 425)  # cheeks under the eyes and beside the nose, lit as the face is
 SKIN_PATCH_SHARE = 0.15  # each skin patch's half-side, as a share of the inner-lip width
-INTERIOR_SHADE = 0.10  # the interior's brightness relative to the lips, deep inside...
-BOUNCE_SHADE = 0.06  # ...plus this much near the lips (light bouncing in)...
-BOUNCE_PX = 2.5  # ...falling off over this distance from them...
-CENTRE_SHADE = 0.05  # ...plus this much at the centre column, none at the corners
-INTERIOR_TINT_BGR = (0.55, 0.55, 0.78)  # a dark, slightly warm hole: not the lips' red
-TEETH_MIN_GAP_PX = 4  # upper teeth show in a gap wider than this
-TEETH_TINT_BGR = (0.86, 0.93, 1.0)  # ivory
-TEETH_SKIN_GAIN = 1.15  # the teeth are lit as the face is: a little brighter than the skin...
-TEETH_MIN_LEVEL, TEETH_MAX_LEVEL = 140.0, 220.0  # ...within these grey levels
-TEETH_GAP_SHARE = 0.36  # the upper teeth show at most this share of the gap...
-TEETH_WIDTH_SHARE = 0.16  # ...and of the inner-lip width, plus one pixel
-LOWER_TEETH_MIN_GAP_PX = 8  # lower teeth show in a gap wider than this...
-LOWER_TEETH_GAP_SHARE = 0.14  # ...at most this share of it...
-LOWER_TEETH_WIDTH_SHARE = 0.06  # ...and of the inner-lip width
-LOWER_TEETH_LIGHT = 0.6  # they sit in the lower lip's shade
-TEETH_NARROWING = 1.4  # the teeth arc shortens with u^2 times this towards the corners
-TEETH_HALF_SPAN = 0.8  # no teeth beyond this |u|
-TEETH_EDGE_PX = 1.2  # the teeth's free edge blends over this many pixels
-TEETH_CORNER_DARKEN = 0.45  # teeth light falls by this times u^2 towards the corners
-TEETH_ROOT_LIGHT = 0.75  # at the upper lip the teeth are this bright, full at their edge
-LIP_SHADOW_PX, LIP_SHADOW_LIGHT = 1.5, 0.55  # the upper lip's shadow on the teeth: its depth and darkest light
-TONGUE_MIN_GAP_PX = 12  # a tongue shows in a gap wider than this
-TONGUE_HALF_WIDTH = 0.6  # the tongue's half-width in u
-TONGUE_HEIGHT_SHARE = 0.3  # its height as a share of the widest gap
-TONGUE_TINT_BGR = (0.36, 0.36, 0.5)  # in the shade of the mouth
-TONGUE_OPACITY = 0.8
+INTERIOR_TINT_BGR = (0.62, 0.66, 0.9)  # the inside's hue against the lips': redder-brown, never pink
+WALL_SHADE = 0.4  # brightness (times tint x lip colour) at the lips' inner edges (brighter, or a red tongue
+# against the lower lip, and the landmark tracker puts the lower lip higher: the mouth reads shut)...
+BACK_SHADE = 0.07  # ...and at the back of a wide-open mouth (the throat)
+DEEP_GAP_SHARE = 0.35  # an opening this tall (a share of the inner-lip width) shows the full depth;
+# a narrower one is shallow: all wall, no black
+BACK_CENTRE_T = 0.7  # the darkest point sits this far down the opening (dark above the lower lip: the tracker finds it)
+BACK_HALF_WIDTH_U = 0.7  # the dark back's half-width (u) ...
+BACK_HALF_HEIGHT_T = 0.5  # ... and half-height (share of the gap)
+TEETH_MIN_GAP_PX = 3.0  # upper teeth start to show at this gap ...
+TEETH_FULL_GAP_PX = 8.0  # ... and are fully there from this one (no popping between frames)
+TEETH_TINT_BGR = (0.78, 0.88, 0.98)  # warm ivory
+TEETH_SKIN_GAIN = 1.0  # the teeth are lit as the face is, in the mouth's shade: a little darker than the skin...
+TEETH_MIN_LEVEL, TEETH_MAX_LEVEL = 110.0, 200.0  # ...within these grey levels
+TEETH_GAP_SHARE = 0.32  # the upper teeth show at most this share of the gap...
+TEETH_WIDTH_SHARE = 0.16  # ...and of the inner-lip width
+TEETH_HALF_SPAN = 0.72  # no teeth beyond this |u| (the canines turn away into the shade)
+TEETH_EDGE_PX = 1.5  # the teeth's free edge blends over this many pixels
+TEETH_EDGE_ORDER = 4  # the free edge is (1 - side^this) ** 0.5: a flat arc that turns up at the band's ends
+TEETH_CORNER_DARKEN = 0.9  # teeth light falls by this times (u / span)^2 towards the sides
+TEETH_ROOT_LIGHT = 0.7  # under the upper lip (its shadow) the teeth are this bright, full at their edge
+TEETH_OPACITY = 0.9
+LOWER_TEETH_MIN_GAP_PX = 14.0  # lower teeth show only in wide openings...
+LOWER_TEETH_GAP_SHARE = 0.08  # ...at most this share of the gap...
+LOWER_TEETH_HALF_SPAN = 0.4  # ...in the middle only
+LOWER_TEETH_LIGHT = 0.45  # they sit in the lower lip's and the tongue's shade
+TONGUE_MIN_GAP_PX = 14.0  # a tongue starts to show at this gap (wide vowels)...
+TONGUE_FULL_GAP_PX = 26.0  # ...fully from this one
+TONGUE_HALF_WIDTH = 0.75  # the tongue's half-width in u
+TONGUE_HEIGHT_SHARE = 0.16  # its height as a share of the gap
+TONGUE_TINT_BGR = (0.55, 0.58, 0.95)  # its hue against the lips'
+TONGUE_TOP_SHADE, TONGUE_LOW_SHADE = 0.45, 0.3  # its lit top and its shaded front (behind the lower lip)
+TONGUE_OPACITY = 0.6  # set back in the shade
 EDGE_BLUR_KERNEL_PX, EDGE_BLUR_SIGMA_PX = 5, 1.0  # the drawn interior's edge softness
 COLOUR_BLUR_SIGMA_PX = 0.9  # the drawn interior is this soft (a real one is never sharp)
+INTERIOR_MARGIN_PX = 4  # the painted box reaches this far past the opening (the blurs' reach)
 
 
 @dataclass(frozen=True)
@@ -171,8 +184,9 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     src_gap = y_bot - y_top
     if delta >= 0:
         slit = np.clip(1 - u ** 2, 0, 1) ** OPEN_LENS_POWER
+        slit_up = np.clip(1 - u ** 2, 0, 1) ** UPPER_LIFT_POWER
     else:
-        slit = np.clip(1 - u ** CLOSE_PROFILE_ORDER, 0, 1) ** CLOSE_PROFILE_POWER
+        slit = slit_up = np.clip(1 - u ** CLOSE_PROFILE_ORDER, 0, 1) ** CLOSE_PROFILE_POWER
     # how much each column follows the jaw: all of it at the chin, JAW_SIDE_SHARE at the angles, none outside
     side = np.abs(xs - cx) / np.where(xs < cx, side_l, side_r)
     jaw = (1 - (1 - JAW_SIDE_SHARE) * smoothstep(side)) * (1 - smoothstep((side - 1) / JAW_OUTSIDE_FADE))
@@ -187,10 +201,10 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
         return d_low * jaw[c] * ramp * (1 - smoothstep((y - jaw_y[c]) / fade_px))
 
     above = y_top - ys
-    ramp_up = slit + (1 - slit) * smoothstep(above / (SKIN_RAMP_HALF_WIDTHS * hw))
+    ramp_up = slit_up + (1 - slit_up) * smoothstep(above / (SKIN_RAMP_HALF_WIDTHS * hw))
     fade_nose = 1 - smoothstep(above / max(NOSE_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX))
     dy_up = (-d_up * lip_up * ramp_up * fade_nose).astype(np.float32)
-    new_top = y_top - d_up * lip_up * slit
+    new_top = y_top - d_up * lip_up * slit_up
     new_bot = y_bot + d_low * jaw * slit
     # destination -> source rows (inverse map): the lower field is smooth, so it is inverted by
     # fixed-point steps on every other row and column and filled in between (a quarter of the work)
@@ -214,11 +228,15 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     # the source's own inner mouth is stretched up to STRETCH_MAX; past that it would smear, so it is drawn
     stretch_ok = has_interior & (src_gap >= MIN_STRETCH_GAP_PX) & (src_gap * STRETCH_MAX >= new_bot - new_top)
     need = in_gap & ~stretch_ok & (new_bot - new_top > MIN_DRAWN_GAP_PX)
-    rows = np.flatnonzero(need.any(axis=1))
+    rows, cols = np.flatnonzero(need.any(axis=1)), np.flatnonzero(need.any(axis=0))
     if len(rows):
-        r0, r1 = rows[0], rows[-1] + 1
+        # only the box around the opening (and its soft edge) is painted: the window is the whole jaw
+        r0, r1 = max(0, rows[0] - INTERIOR_MARGIN_PX), min(len(ys), rows[-1] + 1 + INTERIOR_MARGIN_PX)
+        c0, c1 = max(0, cols[0] - INTERIOR_MARGIN_PX), min(len(xs), cols[-1] + 1 + INTERIOR_MARGIN_PX)
+        box = np.s_[r0:r1, c0:c1]
         look = look or interior_look([img], [pts])
-        patch[r0:r1] = _draw_interior(patch[r0:r1], need[r0:r1], t[r0:r1], u, new_top, new_bot, look, 2 * hw)
+        patch[box] = _draw_interior(patch[box], need[box], t[box], u[c0:c1], new_top[c0:c1], new_bot[c0:c1],
+                                    look, 2 * hw)
     out = img.copy()
     out[y0:y1, x0:x1] = patch
     return out
@@ -246,46 +264,56 @@ def _skin_level(img: np.ndarray, pts: np.ndarray) -> float:
     return float(np.median(levels)) if levels else DEFAULT_SKIN_LEVEL
 
 
-def _teeth(depth_px, height_px, au, gap_px, level: float, light_min: float):
-    """(opacity, light) of a band of teeth `height_px` deep from its root (depth 0), narrowing to the corners."""
-    h = height_px * np.clip(1 - au ** 2 * TEETH_NARROWING, 0, 1)
-    on = np.clip((h - depth_px) / TEETH_EDGE_PX, 0, 1) * (au < TEETH_HALF_SPAN) * (gap_px > 0)
-    light = (1 - TEETH_CORNER_DARKEN * au ** 2) * (
-        light_min + (1 - light_min) * np.clip(depth_px / np.maximum(h, 1), 0, 1))
-    return on, level * light * np.clip(depth_px / LIP_SHADOW_PX, LIP_SHADOW_LIGHT, 1)
-
-
 def _draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner_width_px: float) -> np.ndarray:
-    """Paint a shaded inner mouth (dark interior, upper and lower teeth, tongue) into the gap pixels.
+    """Paint a shaded inner mouth (walls, dark back, upper teeth, tongue, lower teeth) into the gap pixels.
 
     patch: (R, C, 3) uint8 rows of the work window; need: (R, C) bool, the pixels to paint; t: (R, C)
     0 at the new upper lip to 1 at the new lower lip; u, new_top, new_bot: (C,) per column. The
-    result depends only on these and `look`: equal openings give equal interiors.
+    result depends only on these and `look`, and changes smoothly with the opening: equal openings
+    give equal interiors, near-equal ones near-equal interiors (every part fades in with the gap).
     """
     lip = np.array(look.lip_bgr, np.float32)
     gap_px = np.maximum(new_bot - new_top, 0)[None, :]  # per column
-    full_gap = float(gap_px.max()) or 1.0
+    full_gap = float(gap_px.max())
     au = np.abs(u)[None, :]
     depth_px = t * gap_px  # distance below the upper lip
     height_px = (1 - t) * gap_px  # distance above the lower lip
-    edge = np.minimum(depth_px, height_px)
-    shade = INTERIOR_SHADE + BOUNCE_SHADE * np.exp(-edge / BOUNCE_PX) + CENTRE_SHADE * (1 - au ** 2)
+    # walls near the lips, a dark back in the middle whose depth grows with the opening
+    deep = smoothstep(full_gap / max(DEEP_GAP_SHARE * inner_width_px, 1.0))
+    back = np.exp(-((au / BACK_HALF_WIDTH_U) ** 2 + ((t - BACK_CENTRE_T) / BACK_HALF_HEIGHT_T) ** 2))
+    shade = WALL_SHADE - (WALL_SHADE - BACK_SHADE) * deep * back
     colour = (lip * np.array(INTERIOR_TINT_BGR, np.float32))[None, None, :] * shade[..., None]
     ivory = np.array(TEETH_TINT_BGR, np.float32)
     level = min(TEETH_MAX_LEVEL, max(TEETH_MIN_LEVEL, TEETH_SKIN_GAIN * look.skin_level))
-    if full_gap > TEETH_MIN_GAP_PX:  # upper teeth: an arc under the upper lip
-        band = np.minimum(TEETH_GAP_SHARE * gap_px, TEETH_WIDTH_SHARE * inner_width_px + 1)
-        on, light = _teeth(depth_px, band, au, gap_px, level, TEETH_ROOT_LIGHT)
-        colour = colour * (1 - on[..., None]) + ivory * light[..., None] * on[..., None]
-    if full_gap > TONGUE_MIN_GAP_PX:  # tongue: a soft mound low in a wide-open mouth
-        mound = np.clip(1 - (au / TONGUE_HALF_WIDTH) ** 2 - (height_px / (TONGUE_HEIGHT_SHARE * full_gap)) ** 2, 0, 1)
-        m = (TONGUE_OPACITY * mound)[..., None]
-        colour = colour * (1 - m) + (lip * np.array(TONGUE_TINT_BGR, np.float32)) * m
-    if full_gap > LOWER_TEETH_MIN_GAP_PX:  # lower teeth: a thin shaded edge above the lower lip
-        band = np.minimum(LOWER_TEETH_GAP_SHARE * gap_px, LOWER_TEETH_WIDTH_SHARE * inner_width_px + 1)
-        on, light = _teeth(height_px, band, au, gap_px, level * LOWER_TEETH_LIGHT, TEETH_ROOT_LIGHT)
-        colour = colour * (1 - on[..., None]) + ivory * light[..., None] * on[..., None]
+    if full_gap > TONGUE_MIN_GAP_PX:  # tongue: a mound low in the mouth, lit on top
+        show = smoothstep((full_gap - TONGUE_MIN_GAP_PX) / (TONGUE_FULL_GAP_PX - TONGUE_MIN_GAP_PX))
+        top = TONGUE_HEIGHT_SHARE * gap_px * np.sqrt(np.clip(1 - (au / TONGUE_HALF_WIDTH) ** 2, 0, 1))
+        on = np.clip((top - height_px) / TEETH_EDGE_PX, 0, 1)
+        light = TONGUE_LOW_SHADE + (TONGUE_TOP_SHADE - TONGUE_LOW_SHADE) * np.clip(height_px / np.maximum(top, 1), 0, 1)
+        m = (TONGUE_OPACITY * show * on)[..., None]
+        colour = colour * (1 - m) + (lip * np.array(TONGUE_TINT_BGR, np.float32)) * light[..., None] * m
+    if full_gap > TEETH_MIN_GAP_PX:  # upper teeth: a band under the upper lip, narrowing to the sides
+        show = smoothstep((full_gap - TEETH_MIN_GAP_PX) / (TEETH_FULL_GAP_PX - TEETH_MIN_GAP_PX))
+        band = np.minimum(TEETH_GAP_SHARE * gap_px, TEETH_WIDTH_SHARE * inner_width_px)
+        on, light = _teeth(depth_px, band, au / TEETH_HALF_SPAN, TEETH_ROOT_LIGHT)
+        m = (TEETH_OPACITY * show * on)[..., None]
+        colour = colour * (1 - m) + ivory * (level * light)[..., None] * m
+    if full_gap > LOWER_TEETH_MIN_GAP_PX:  # lower teeth: a dim edge just above the lower lip's middle
+        band = LOWER_TEETH_GAP_SHARE * (gap_px - LOWER_TEETH_MIN_GAP_PX)
+        on, light = _teeth(height_px, band, au / LOWER_TEETH_HALF_SPAN, TEETH_ROOT_LIGHT)
+        m = (TEETH_OPACITY * on)[..., None]
+        colour = colour * (1 - m) + ivory * (level * LOWER_TEETH_LIGHT * light)[..., None] * m
     kernel = (EDGE_BLUR_KERNEL_PX, EDGE_BLUR_KERNEL_PX)
     alpha = cv2.GaussianBlur(need.astype(np.float32), kernel, EDGE_BLUR_SIGMA_PX)[..., None]
     colour = cv2.GaussianBlur(colour.astype(np.float32), (0, 0), COLOUR_BLUR_SIGMA_PX)
     return (patch.astype(np.float32) * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+
+
+def _teeth(depth_px, height_px, side, root_light: float):
+    """(opacity, light) of a band of teeth `height_px` deep from its root (depth 0); `side` is |u|
+    over the band's half-span (0 in the middle, 1 where it ends): the band shortens and darkens there."""
+    h = height_px * np.sqrt(np.clip(1 - side ** TEETH_EDGE_ORDER, 0, 1))
+    on = np.clip((h - depth_px) / TEETH_EDGE_PX, 0, 1) * (h > 0)
+    light = np.clip(1 - TEETH_CORNER_DARKEN * side ** 2, 0, 1) * (
+        root_light + (1 - root_light) * np.clip(depth_px / np.maximum(h, 1), 0, 1))
+    return on, light

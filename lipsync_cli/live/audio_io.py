@@ -33,7 +33,7 @@ MIC_BLOCK_MS = 10  # the microphone's block: each ms of it waits in the capture 
 # the lip-sync engine's own rate: a microphone opened at it needs no resampler (soxr holds ~10-20 ms back)
 MIC_PREFERRED_RATE_HZ = 16_000
 QUEUE_BLOCKS = 100  # a queue holds 1 s of microphone blocks (2 s of CHUNK_MS ones) before it overruns
-SPEAKER_QUEUE_BLOCKS = 10  # at most 200 ms of sound waits for the speakers (barge-in stops it at once)
+SPEAKER_QUEUE_BLOCKS = 12  # at most 240 ms of sound waits for the speakers (barge-in stops it at once)
 LATE_TICKS_RESYNC = 5  # a paced source this many blocks behind (the machine stalled) restarts its clock
 READ_TIMEOUT_S = 0.1  # how long a read waits: threads that read look at their stop flag this often
 
@@ -260,28 +260,32 @@ class Speaker:
     """The default output device, fed CHUNK_MS blocks through a bounded queue.
 
     With no usable output device it says so once through `on_message` and plays nothing; everything
-    else carries on. `delay_ms` of silence is queued first, so the sound waits for the picture.
+    else carries on. `delay_ms` of silence is queued first (and again after a flush), so the sound
+    waits for the picture; without a device the sound it would have played is as late.
     """
 
     def __init__(self, rate_hz: int, *, on_message: MessageFn, delay_ms: int = 0):
         self.rate_hz = rate_hz
         self.latency_s = 0.0  # what the device adds after our queue
-        n = chunk_samples(rate_hz)
+        self._delay_blocks = min(SPEAKER_QUEUE_BLOCKS // 2, delay_ms // CHUNK_MS)
         self._blocks: queue.Queue = queue.Queue(maxsize=SPEAKER_QUEUE_BLOCKS)
-        for _ in range(min(SPEAKER_QUEUE_BLOCKS // 2, delay_ms // CHUNK_MS)):
-            self._blocks.put_nowait(np.zeros(n, np.float32))
+        self._queue_delay()
         self._stream = None
         try:
-            self._stream = _open_output(rate_hz, n, self._callback)
+            self._stream = _open_output(rate_hz, chunk_samples(rate_hz), self._callback)
             self.latency_s = float(self._stream.latency)
         except DeviceError as exc:
             on_message(f"no sound output ({exc}): carrying on without sound")
 
+    def _queue_delay(self) -> None:
+        for _ in range(self._delay_blocks):
+            self._blocks.put_nowait(np.zeros(chunk_samples(self.rate_hz), np.float32))
+
     @property
     def delay_s(self) -> float:
-        """How long a block queued now waits before it is heard."""
+        """How long a block queued now waits before it is heard (no device: the delay it would have had)."""
         if self._stream is None:
-            return 0.0
+            return self._delay_blocks * CHUNK_MS / 1000
         return self._blocks.qsize() * CHUNK_MS / 1000 + self.latency_s
 
     def _callback(self, outdata, frames, time_info, status) -> None:
@@ -301,13 +305,18 @@ class Speaker:
                 self._blocks.put_nowait(block)
 
     def flush(self) -> int:
-        """Drop everything queued and not yet played; returns how many samples were dropped."""
+        """Drop everything queued and not yet played; returns how many samples were dropped. The delay's
+        silence is queued again: what plays next still waits for its picture."""
         dropped = 0
         while True:
             try:
                 dropped += len(self._blocks.get_nowait())
             except queue.Empty:
-                return dropped
+                break
+        if self._stream is not None:
+            with contextlib.suppress(queue.Full):
+                self._queue_delay()
+        return dropped
 
     def close(self) -> None:
         if self._stream is not None:

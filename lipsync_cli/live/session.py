@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from lipsync_cli.rpc.embedded import embedded_service
 
 log = logging.getLogger(__name__)
 
+THREAD_SWITCH_S = 0.001  # how long a thread may hold the GIL while others wait (Python's default: 5 ms)
 FILE_TAIL_S = 0.5  # with --input and no --duration: stop this long after the file ends (the mouth closes)
 
 
@@ -167,6 +169,25 @@ def run_live(options: LiveOptions, *, store: ModelStore, on_message: MessageFn |
     started_s = time.monotonic()
     say = on_message or (lambda text: log.info("%s", text))
     check_live(options)
+    with _quick_thread_switches():
+        return _run_live(options, store=store, started_s=started_s, say=say, on_transcript=on_transcript,
+                         on_frame=on_frame)
+
+
+@contextlib.contextmanager
+def _quick_thread_switches() -> Iterator[None]:
+    """A sound's path crosses five threads (audio, stream, the service's, its reply, main): each one
+    ready to run waits for the GIL up to the switch interval, 5 ms by default; 1 ms while live."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(THREAD_SWITCH_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _run_live(options: LiveOptions, *, store: ModelStore, started_s: float, say: MessageFn,
+              on_transcript: TranscriptFn | None, on_frame: FrameFn | None) -> LiveSummary:
     video = store.resolve(options.model) if options.model else default_model(models_dir=store.models_dir)
     model, model_name = store.get(video), store.register(video)
     with contextlib.ExitStack() as stack:
@@ -179,12 +200,15 @@ def run_live(options: LiveOptions, *, store: ModelStore, on_message: MessageFn |
         target = options.server or stack.enter_context(embedded_service(store))
         lip = stack.enter_context(LipStream(target, model_name, rate_hz=rate_hz, model=model, on_message=say))
         timeline = Timeline(rate_hz, feed=lip.feed, out=audio.out,
-                            on_played=recorder.add_audio if recorder is not None else lambda block: None)
+                            on_played=recorder.add_audio if recorder is not None else lambda block: None,
+                            on_unheard=recorder.unheard if recorder is not None else lambda n: None)
         agent = stack.enter_context(_running(_agent(options.agent, audio, timeline, say, on_transcript)))
         pump = stack.enter_context(AudioPump(audio.source, timeline))
         player = FramePlayer(model, timeline, lip, sink, started_s=started_s,
                              status=lambda: " | ".join(s for s in (lip.status, agent.status if agent else "") if s),
                              caption=lambda: agent.caption if agent is not None else "")
+        if recorder is not None and audio.out is None:  # the microphone: recorded as late as it was seen
+            recorder.place = lambda slot: max(slot, player.heard_slot())
         stop_at_s = started_s + options.duration_s if options.duration_s is not None else None
         end_sample = audio.end_sample + int(FILE_TAIL_S * rate_hz) \
             if audio.end_sample is not None and stop_at_s is None else None

@@ -66,27 +66,37 @@ class CallbackSink:
 
 
 class Recorder:
-    """--record: frame `slot` at position `slot` of the MP4 (repeated over slots never shown), with the
-    sound as it was played, sample 0 at time 0.
+    """--record: frame `slot` at position `place(slot)` of the MP4 (repeated over positions nothing was
+    shown at), with the sound as it was played, sample 0 at time 0. `place` is the identity (each
+    mouth on its sound: the sound waited for it) unless the session sets it: with a microphone, the
+    slot being captured when the frame was shown, so the recording shows the mouth as late as the
+    viewer saw it.
 
-    `add_audio` takes the played blocks from the audio thread; the audio is written with the
-    frames, up to the end of the last frame written.
+    `add_audio` takes the played blocks from the audio thread, `unheard` the samples dropped from the
+    speakers before they were heard (they are written as silence); the audio is written with the
+    frames, up to the end of the last frame written (the sound heard so far: the rest may still be cut).
     """
 
     def __init__(self, path: Path, model: Model, rate_hz: int):
         self.fps, self.rate_hz = model.fps, rate_hz
         self.writer = Mp4Writer(path, fps=model.fps, width=model.width, height=model.height,
                                 audio_rate_hz=rate_hz, audio_channels=1)
-        self._played: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        self._played: queue.SimpleQueue[np.ndarray | int] = queue.SimpleQueue()  # int n: `unheard(n)`
         self._audio = np.zeros(0, np.float32)  # played, not written yet
         self._audio_written = 0
+        self.place: Callable[[int], int] = lambda slot: slot  # where in the MP4 the frame shown for a slot goes
 
     def add_audio(self, block: np.ndarray) -> None:
         """The next (n,) float32 block of played sound (any thread; never waits)."""
         self._played.put(block)
 
+    def unheard(self, n: int) -> None:
+        """The last n samples given to `add_audio` were never heard: they are recorded as silence (any thread)."""
+        self._played.put(n)
+
     def show(self, frame: np.ndarray, slot: int, overlay: Overlay) -> bool:
-        while self.writer.frames_written <= slot:
+        position = self.place(slot)
+        while self.writer.frames_written <= position:
             self.writer.write_frame(frame)
         self._write_audio(pad=False)
         return True
@@ -95,10 +105,12 @@ class Recorder:
         return True
 
     def _write_audio(self, *, pad: bool) -> None:
-        blocks = [self._audio]
         while not self._played.empty():
-            blocks.append(self._played.get())
-        self._audio = np.concatenate(blocks)
+            got = self._played.get()
+            if isinstance(got, int):  # silence the last `got` samples that are not written yet
+                self._audio[max(0, len(self._audio) - got):] = 0.0
+            else:
+                self._audio = np.concatenate([self._audio, got])
         end = first_sample_of_frame(self.writer.frames_written, fps=self.fps, sample_rate_hz=self.rate_hz)
         n = end - self._audio_written
         if pad and len(self._audio) < n:

@@ -23,7 +23,11 @@ from lipsync_cli.live.timeline import SoundOut, Timeline
 from lipsync_cli.media.audio import load_audio, resample, to_mono
 from lipsync_cli.media.video import aac_rate_for
 
-FILE_AV_DELAY_MS = 80  # a played file's sound waits this long, about what the service needs to decide a mouth
+# a played file's (or an agent's answer's) sound waits this long, what the service needs to decide a mouth
+# from audio it could not have ahead (a file played as a microphone; the silence between answers, and an
+# answer's start when it arrives just in time): the frame (40 ms at 25 fps), the driver's lookahead (~48 ms),
+# one audio block (20 ms) and the service's work; then each sound is heard with its mouth, not before it
+AV_DELAY_MS = 120
 FEED_AHEAD_MS = 200  # agent answers reach the service this far before they play (and what a barge-in wastes)
 SOURCE_SILENT_S = 3.0  # a source that delivers nothing for this long has failed
 
@@ -55,11 +59,11 @@ def open_audio(*, input: Path | None, device: str | None, agent: bool, on_messag
         if agent:
             answers = opened(AnswerAudio())
             user = opened(_paced_file(input, REALTIME_RATE_HZ) if input is not None else MicSource(device))
-            yield LiveAudio(answers, opened(Speaker(REALTIME_RATE_HZ, on_message=on_message)), user=user,
-                            answers=answers)
+            yield LiveAudio(answers, opened(Speaker(REALTIME_RATE_HZ, on_message=on_message, delay_ms=AV_DELAY_MS)),
+                            user=user, answers=answers)
         elif input is not None:
             source = opened(_paced_file(input, None))
-            speaker = opened(Speaker(source.rate_hz, on_message=on_message, delay_ms=FILE_AV_DELAY_MS))
+            speaker = opened(Speaker(source.rate_hz, on_message=on_message, delay_ms=AV_DELAY_MS))
             yield LiveAudio(source, speaker, end_sample=len(source.samples))
         else:
             yield LiveAudio(opened(MicSource(device)), None)

@@ -60,17 +60,18 @@ class Timeline:
     """What was played and what the service was fed, in samples at rate_hz.
 
     feed: hands samples to the lip-sync service (never waits). out: where sound is heard.
-    on_played: every played block, in order (the recorder's sound).
+    on_played: every played block, in order (the recorder's sound). on_unheard(n): the last n samples
+    played were dropped from the speakers before anyone heard them (a barge-in).
     """
 
     def __init__(self, rate_hz: int, *, feed: FeedFn, out: SoundOut | None = None,
-                 on_played: Callable[[np.ndarray], None] = _ignore):
+                 on_played: Callable[[np.ndarray], None] = _ignore, on_unheard: Callable[[int], None] = _ignore):
         self.rate_hz = rate_hz
         self.out = out if out is not None else NoSound()
         self.played = 0  # samples played (or captured, for the microphone)
         self.fed = 0  # samples handed to the service
         self.cuts: list[tuple[int, int]] = []  # [start, end) sample ranges fed but never played
-        self._feed, self._on_played = feed, on_played
+        self._feed, self._on_played, self._on_unheard = feed, on_played, on_unheard
         self._lock = threading.Lock()
         # per played block: (the timeline position after it, time.monotonic() when its last sample is heard)
         self._heard: deque[tuple[int, float]] = deque(maxlen=HEARD_HISTORY_BLOCKS)
@@ -105,14 +106,18 @@ class Timeline:
     def interrupt(self, stop_answer: Callable[[], tuple[str | None, int]]) -> tuple[str | None, int]:
         """Silence the answer playing now: (its item, milliseconds of it heard) or (None, 0).
 
-        stop_answer drops the answer at its source and says (item, samples of it read); what was
-        fed but not played becomes a cut, and what waits in the speakers was not heard either.
+        stop_answer drops the answer at its source and says (item, samples of it read); what waits in
+        the speakers is dropped too, and from there on, whatever was fed is a cut: never heard, so
+        never mouthed (nor recorded).
         """
         with self._lock:
             item, read = stop_answer()
-            if self.fed > self.played:
-                self.cuts.append((self.played, self.fed))
             dropped = self.out.flush()
+            unheard_from = max(0, self.played - dropped)
+            if self.fed > unheard_from:
+                self.cuts.append((unheard_from, self.fed))
+            if dropped:
+                self._on_unheard(dropped)
         return item, max(0, read - dropped) * 1000 // self.rate_hz
 
     def heard_sample(self) -> int:

@@ -17,6 +17,8 @@ result, not an exception, so a user's mistake is reported once and not retried.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import os
@@ -49,6 +51,13 @@ ASSET_KEY_PREFIX = "lipsync-asset-"  # + sha256: the key of a scattered file, th
 # gRPC channels and servers do not survive fork(); every render starts its own service in its worker
 WORKER_START_METHOD = "spawn"
 WORKER_START_TIMEOUT_S = 120.0  # a spawned worker imports numpy, OpenCV, PyAV and gRPC: seconds on a busy machine
+
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap threshold at
+# 128 KiB: every frame-sized buffer (1-6 MB) is then a fresh mmap, page-faulted and unmapped, and a render
+# runs 2-3x slower (bench/batch_bench.py). A worker raises both thresholds once, before its first job.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (malloc.h)
+WORKER_MMAP_THRESHOLD_BYTES = 32 << 20  # buffers below this come from the heap and are reused
+WORKER_TRIM_THRESHOLD_BYTES = 64 << 20  # free heap kept before it is given back to the system
 
 ResultFn = Callable[[JobResult], None]
 
@@ -89,6 +98,19 @@ class ClipResult:
 # ---- on the worker -----------------------------------------------------------------------------
 
 _stores: dict[str | None, ModelStore] = {}  # per worker process and cache folder: models stay loaded between jobs
+_malloc_tuned: list[bool] = []  # [True] once this worker process has raised its malloc thresholds
+
+
+def _tune_malloc() -> None:
+    """Undo the per-frame mmap churn Dask's MALLOC_TRIM_THRESHOLD_ causes (glibc only; a no-op elsewhere)."""
+    if _malloc_tuned or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _malloc_tuned.append(True)
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, WORKER_TRIM_THRESHOLD_BYTES)
 
 
 def _store(cache_dir: str | None) -> ModelStore:
@@ -127,6 +149,7 @@ def _prepare_lock(video: Path) -> Iterator[None]:
 def render_task(task: RenderTask, model_bytes: bytes, onnx_bytes: bytes | None = None) -> ClipResult:
     """Run one job on this worker: the speech and the model in, the MP4's bytes out."""
     worker = get_worker().address
+    _tune_malloc()
     try:
         video = materialize(task.model, model_bytes, task.cache_dir)
         onnx = materialize(task.onnx, onnx_bytes, task.cache_dir) if task.onnx and onnx_bytes else None

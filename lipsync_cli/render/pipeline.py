@@ -34,6 +34,10 @@ from lipsync_cli.rpc.embedded import embedded_service
 
 
 COMPOSE_AHEAD_FRAMES = 4  # frames decoded and composited ahead of the encoder
+# frames decoded and composited at once: the full-frame JPEG decode is the largest cost per frame
+# (about as much as the encoder's own work at 1080x1920), and one worker alone leaves a core idle
+# whenever the encoder waits for it
+COMPOSE_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,9 @@ def _compose_for(writer: Mp4Writer, model: Model, mouth: MouthFrame) -> tuple[ob
 def _composed(model: Model, mouths: Iterator[MouthFrame],
               writer: Mp4Writer) -> Iterator[tuple[MouthFrame, object, bool]]:
     """(mouth, composited frame ready for `writer`, pasted) in order. Decoding, pasting and the
-    colour conversion run a few frames ahead of the encoder in a worker thread (OpenCV and swscale
-    release the GIL), so they overlap with encoding on the main thread."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsync-compose") as pool:
+    colour conversion run a few frames ahead of the encoder in worker threads (OpenCV and swscale
+    release the GIL), so they overlap with each other and with encoding on the main thread."""
+    with ThreadPoolExecutor(max_workers=COMPOSE_WORKERS, thread_name_prefix="lipsync-compose") as pool:
         pending: deque = deque()
         for mouth in mouths:
             pending.append((mouth, pool.submit(_compose_for, writer, model, mouth)))

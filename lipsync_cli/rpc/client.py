@@ -27,8 +27,8 @@ from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.timing import frame_count
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError, ServiceFullError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, float_to_pcm16, pcm_to_float, resample, to_mono
-from lipsync_cli.rpc.limits import (FULL_MESSAGE_PREFIX, MAX_MESSAGE_BYTES, REQUEST_OVERHEAD_BYTES,
-                                    STALLED_MESSAGE_PREFIX, STREAM_CHUNK_SAMPLES)
+from lipsync_cli.rpc.limits import (DRAINING_MESSAGE_PREFIX, FULL_MESSAGE_PREFIX, MAX_MESSAGE_BYTES,
+                                    REQUEST_OVERHEAD_BYTES, STALLED_MESSAGE_PREFIX, STREAM_CHUNK_SAMPLES)
 from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -258,8 +258,10 @@ class LipSyncClient:
         sample_rate_hz, captured_at_s the client's monotonic clock when they were captured (echoed
         back in the frames they complete, for latency). The stream ends when `chunks` does.
         timeout_s: the deadline of the whole stream (None: none). A full server raises
-        ServiceFullError at once (the caller retries with a backoff; a new call goes to the next
-        replica); the server closes a stream that sends nothing for 30 s: send silence too.
+        ServiceFullError at once, and so does a draining one (the caller retries with a backoff; a
+        new call goes to the next replica); a stream a draining server stops at its deadline raises
+        ServiceError (reconnect: another replica takes it). The server closes a stream that sends
+        nothing for 30 s: send silence too.
         """
         # gRPC reads `requests` in its own thread and only cancels the call when it raises: keep the error
         failure: list[Exception] = []
@@ -316,6 +318,10 @@ class LipSyncClient:
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # gRPC's own size limit
             return ServiceError(f"the lip-sync service at {self.target} refused a message: {details} (the limit is "
                                 f"{MAX_MESSAGE_BYTES // (1024 * 1024)} MiB)")
+        if code == grpc.StatusCode.UNAVAILABLE and details.startswith(DRAINING_MESSAGE_PREFIX):
+            # a replica shutting down: refused a new call (full, in effect), or stopped one at its deadline
+            error = ServiceError if started else ServiceFullError
+            return error(f"the lip-sync service at {self.target}: {details}")
         if code == grpc.StatusCode.UNAVAILABLE:
             if started:
                 return ServiceError(f"the lip-sync service at {self.target} went away mid-render")

@@ -19,7 +19,8 @@ the mouth at rest.
 The original API reports failures in the reply (success = false, error set), never as a gRPC
 status: one bad request gets one failed reply, and a stream or batch goes on with the next. The
 one exception is capacity: a StreamInference holds one of the server's stream slots (the
-`capacity` given to `add_legacy_service`) and is refused with RESOURCE_EXHAUSTED when none is free.
+`capacity` given to `add_legacy_service`) and is refused with RESOURCE_EXHAUSTED when none is free
+(UNAVAILABLE while the server drains). Frames answered are counted in `lipsync_cli.metrics`.
 """
 
 from __future__ import annotations
@@ -39,17 +40,18 @@ import grpc
 import numpy as np
 from cachetools import LRUCache
 
+from lipsync_cli import metrics
 from lipsync_cli.core.driver import REST, MouthParams, drive
 from lipsync_cli.core.engine import MouthFrame, frames_for
 from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.core.timing import ping_pong
-from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceFullError
+from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
 from lipsync_cli.media.audio import clip_from_samples
 from lipsync_cli.media.cache import REGION_PX
 from lipsync_cli.media.models import VIDEO_SUFFIXES
 from lipsync_cli.media.store import Model, ModelStore
 from lipsync_cli.rpc.capacity import Capacity
-from lipsync_cli.rpc.limits import full_message
+from lipsync_cli.rpc.limits import DRAINING_MESSAGE_PREFIX
 from lipsync_cli.rpc.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc
 from lipsync_cli.rpc.service import AddServicer, encode_jpeg
 
@@ -200,14 +202,15 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
     def GenerateInference(self, request: lipsync_legacy_pb2.InferenceRequest, context: grpc.ServicerContext
                           ) -> lipsync_legacy_pb2.InferenceResponse:
         """The mouth of one frame."""
-        return self._infer(request.model_name, request.frame_id, _audio_text(request))
+        return self._infer(request.model_name, request.frame_id, _audio_text(request), "GenerateInference")
 
     def GenerateBatchInference(self, request: lipsync_legacy_pb2.BatchInferenceRequest,
                                context: grpc.ServicerContext) -> lipsync_legacy_pb2.BatchInferenceResponse:
         """One reply per frame id, in the order asked; a failed frame does not fail the others."""
         started = time.perf_counter()
         audio = _audio_text(request)
-        responses = [self._infer(request.model_name, frame_id, audio) for frame_id in request.frame_ids]
+        responses = [self._infer(request.model_name, frame_id, audio, "GenerateBatchInference")
+                     for frame_id in request.frame_ids]
         return lipsync_legacy_pb2.BatchInferenceResponse(responses=responses,
                                                          total_processing_time_ms=_ms_since(started))
 
@@ -215,15 +218,16 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
                         context: grpc.ServicerContext) -> Iterator[lipsync_legacy_pb2.InferenceResponse]:
         """One reply per request, in order, each as soon as it is ready."""
         if not self.capacity.try_acquire():
-            full = self.capacity.state()
-            exc = ServiceFullError(full_message(full.in_use, full.limit))
+            exc = self.capacity.refusal()
             log.info("StreamInference refused: %s", exc)
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            draining = str(exc).startswith(DRAINING_MESSAGE_PREFIX)  # not full: a client should go elsewhere
+            context.abort(grpc.StatusCode.UNAVAILABLE if draining else grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        metrics.STREAMS.labels("legacy", "StreamInference").inc()
         try:
             for request in request_iterator:
                 if not context.is_active():
                     return
-                yield self._infer(request.model_name, request.frame_id, _audio_text(request))
+                yield self._infer(request.model_name, request.frame_id, _audio_text(request), "StreamInference")
         except Exception:
             if context.is_active():
                 raise
@@ -253,7 +257,9 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
         reply.initialization_time_ms = _ms_since(started)
         return reply
 
-    def _infer(self, model_name: str, frame_id: int, audio: str | None) -> lipsync_legacy_pb2.InferenceResponse:
+    def _infer(self, model_name: str, frame_id: int, audio: str | None, call: str
+               ) -> lipsync_legacy_pb2.InferenceResponse:
+        """One frame's reply; `call` names the RPC in the metrics."""
         started = time.perf_counter()
         reply = lipsync_legacy_pb2.InferenceResponse(model_name=model_name, frame_id=frame_id)
         try:
@@ -268,6 +274,8 @@ class LegacyLipSyncServicer(lipsync_legacy_pb2_grpc.LipSyncServiceServicer):
             reply.prediction_data = frame.jpeg
             reply.bounds.extend(frame.bounds)
             reply.prediction_shape = PREDICTION_SHAPE
+            metrics.FRAMES.labels(call).inc()
+            metrics.FRAME_SECONDS.labels(call).observe(time.perf_counter() - started)
         reply.processing_time_ms = _ms_since(started)
         return reply
 

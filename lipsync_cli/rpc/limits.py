@@ -41,6 +41,9 @@ DEFAULT_STREAM_IDLE_S = 30.0  # a stream that sends nothing for this long is clo
 
 FULL_MESSAGE_PREFIX = "the lip-sync service is full"
 STALLED_MESSAGE_PREFIX = "the stream sent nothing"  # how the server's closing of a stalled stream begins
+# how a draining server (SIGTERM: finishing its streams, taking no new ones) refuses a call, and how
+# it stops a stream still running at the drain deadline; both UNAVAILABLE: a client goes elsewhere
+DRAINING_MESSAGE_PREFIX = "the lip-sync service is draining"
 
 
 def default_max_streams(cores: int | None = None) -> int:
@@ -52,6 +55,12 @@ def default_max_streams(cores: int | None = None) -> int:
 def full_message(in_use: int, limit: int) -> str:
     """What a refused call is told when every stream slot is taken."""
     return f"{FULL_MESSAGE_PREFIX}: {in_use} of {limit} streams busy; try another replica or later"
+
+
+def draining_message(*, stopped: bool = False) -> str:
+    """What a draining server answers: a new call (refused) or a running stream stopped at the deadline."""
+    what = "this stream was stopped at its drain deadline" if stopped else "it takes no new streams"
+    return f"{DRAINING_MESSAGE_PREFIX} (shutting down): {what}; try another replica"
 
 
 def stalled_message(idle_s: float) -> str:

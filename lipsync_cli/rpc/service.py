@@ -15,6 +15,13 @@ Capacity (`rpc.capacity`): RenderClip and StreamAudio each hold a stream slot fo
 none is free a call is refused at once. The thread pool has `limits.SPARE_WORKERS` threads more
 than there are slots, so health, reflection and ListModels are answered however busy the streams
 are. Deadlines: a call past its deadline stops rendering (gRPC answers DEADLINE_EXCEEDED).
+
+Draining (`Capacity.drain`, `serve` on SIGTERM): new calls are refused with UNAVAILABLE and
+`limits.draining_message()`, so a client with a list of replicas tries the next; streams still
+running at the drain deadline (`Capacity.stop_streams`) end with UNAVAILABLE too, and a client
+resumes them elsewhere. The health service says NOT_SERVING for the served names while the
+capacity takes no new stream (`rpc.health`). Frames sent and calls that took a slot are counted
+in `lipsync_cli.metrics`.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -32,9 +40,10 @@ import cv2
 import grpc
 import numpy as np
 import scipy.signal  # noqa: F401  (RenderClip resamples with it: loaded (~0.7 s) with the server, not on a first call)
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lipsync_cli import metrics
 from lipsync_cli.core import engine
 from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.generator import MouthGenerator
@@ -46,7 +55,9 @@ from lipsync_cli.media.models import served_models
 from lipsync_cli.media.store import Model, ModelStore
 from lipsync_cli.media.video import probe_video
 from lipsync_cli.rpc.capacity import Capacity
-from lipsync_cli.rpc.limits import DEFAULT_STREAM_IDLE_S, MAX_MESSAGE_BYTES, SPARE_WORKERS, stalled_message
+from lipsync_cli.rpc.health import following_capacity
+from lipsync_cli.rpc.limits import (DEFAULT_STREAM_IDLE_S, DRAINING_MESSAGE_PREFIX, MAX_MESSAGE_BYTES, SPARE_WORKERS,
+                                    draining_message, stalled_message)
 from lipsync_cli.rpc.proto_gen import lipsync_pb2, lipsync_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -77,7 +88,28 @@ class _PastDeadline(Exception):
     """The call's deadline has passed: stop working (answered with DEADLINE_EXCEEDED)."""
 
 
+class _Stopped(Exception):
+    """The server is draining and the stream's deadline came (answered with UNAVAILABLE: resume elsewhere)."""
+
+
 _END = object()  # the client closed its side of the stream
+
+
+def _served(frames: Iterable[MouthFrame], call: str, *, share_s: float = 0.0
+            ) -> Iterator[lipsync_pb2.MouthFrame]:
+    """The replies of `frames`, each counted and timed into the metrics: the time its engine step and
+    its JPEG took, plus share_s (a frame's share of work done before, such as a LiveEngine push)."""
+    sent, service_time = metrics.FRAMES.labels(call), metrics.FRAME_SECONDS.labels(call)
+    frames = iter(frames)
+    while True:
+        started = time.perf_counter()
+        frame = next(frames, None)
+        if frame is None:
+            return
+        reply = to_proto(frame)
+        service_time.observe(time.perf_counter() - started + share_s)
+        sent.inc()
+        yield reply
 
 
 def _expired(context: grpc.ServicerContext) -> bool:
@@ -185,6 +217,7 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                    ) -> Iterator[lipsync_pb2.MouthFrame]:
         """One reply per output frame of the whole clip, in order."""
         with _status_from_errors(context, "RenderClip"), self.capacity.slot():
+            metrics.STREAMS.labels("lipsync", "RenderClip").inc()
             fmt = _check_format(request.format)
             if not request.audio:
                 raise _InvalidRequest("the request holds no audio")
@@ -196,18 +229,18 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                     f"{1000 * len(mono) / SAMPLE_RATE_HZ:.1f} ms of audio is shorter than one video frame "
                     f"({1000 / float(model.fps):.1f} ms at {float(model.fps):g} fps)")
             frames = engine.render_clip(model, mono, generator=self.generator, first_frame=request.first_frame)
-            for i, frame in enumerate(frames):
-                if _expired(context):
-                    raise _PastDeadline()
+            for i, reply in enumerate(_served(frames, "RenderClip")):
+                self._check_going(context)
                 if not context.is_active():
                     log.info("RenderClip: the client went away after %d frames; stopping", i)
                     return
-                yield to_proto(frame)
+                yield reply
 
     def StreamAudio(self, request_iterator: Iterator[lipsync_pb2.AudioChunk], context: grpc.ServicerContext
                     ) -> Iterator[lipsync_pb2.MouthFrame]:
         """A reply per output frame as soon as the driver has decided it (offline: its whole audio window)."""
         with _status_from_errors(context, "StreamAudio"), self.capacity.slot():
+            metrics.STREAMS.labels("lipsync", "StreamAudio").inc()
             request_iterator = _read_with_idle_limit(request_iterator, context, self.stream_idle_s)
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("body") != "start":
@@ -222,16 +255,27 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                 if chunk.WhichOneof("body") != "audio":
                     raise _InvalidRequest("only the first message of a stream may be a StreamStart")
                 captured_at_s = chunk.captured_at_s
-                for frame in live.push(_decode_mono(chunk.audio, fmt), captured_at_s):
-                    if _expired(context):
-                        raise _PastDeadline()
+                started = time.perf_counter()
+                frames = live.push(_decode_mono(chunk.audio, fmt), captured_at_s)
+                # the push decided every frame it returns: each carries an equal share of its time
+                share_s = (time.perf_counter() - started) / max(1, len(frames))
+                for reply in _served(frames, "StreamAudio", share_s=share_s):
+                    self._check_going(context)
                     if not context.is_active():
                         return
-                    yield to_proto(frame)
-            for frame in live.flush(captured_at_s):
+                    yield reply
+                self._check_going(context)  # a stream between frames (live silence) stops at the deadline too
+            for reply in _served(live.flush(captured_at_s), "StreamAudio"):
                 if not context.is_active():
                     return
-                yield to_proto(frame)
+                yield reply
+
+    def _check_going(self, context: grpc.ServicerContext) -> None:
+        """Raise when this stream must stop: its deadline passed, or the draining server's has."""
+        if _expired(context):
+            raise _PastDeadline()
+        if self.capacity.stopping:
+            raise _Stopped(draining_message(stopped=True))
 
     def ListModels(self, request: lipsync_pb2.ListModelsRequest, context: grpc.ServicerContext
                    ) -> lipsync_pb2.ListModelsResponse:
@@ -272,7 +316,12 @@ def _status_from_errors(context: grpc.ServicerContext, rpc: str) -> Iterator[Non
         context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     except ServiceFullError as exc:
         log.info("%s refused: %s", rpc, exc)
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        # draining is not "full": UNAVAILABLE, the code after which every client tries another replica
+        draining = str(exc).startswith(DRAINING_MESSAGE_PREFIX)
+        context.abort(grpc.StatusCode.UNAVAILABLE if draining else grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    except _Stopped as exc:
+        log.info("%s: %s", rpc, exc)
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except _Stalled as exc:
         log.info("%s: %s", rpc, exc)
         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
@@ -321,10 +370,7 @@ def create_server(address: str = "127.0.0.1:0", *, store: ModelStore, generator:
     for add in extra_servicers:
         names.extend(add(server) or ())
 
-    health_servicer = health.HealthServicer()
-    for name in ("", *names):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(following_capacity(names, capacity), server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
 

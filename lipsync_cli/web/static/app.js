@@ -4,7 +4,7 @@
 // The debug surface of the original system, kept for people porting its code and for tests:
 // window.app with modelVideoManager, faceCompositor, modelPreparationProgress (name -> percent),
 // start({mode: "mic" | "agent", model}) (resolves once frames flow), stop(), and frameLog: the last
-// drawn frames, {playing, mouthOf, arrived, modelFrame, bounds, index, speech}. mouthOf is the second
+// drawn frames, {session, bargeIns, playing, mouthOf, arrived, modelFrame, bounds, index, speech}. mouthOf is the second
 // of the session's audio whose mouth the frame shows; playing the second of that audio heard
 // (microphone: captured) when it was drawn; arrived the second of it that had reached the page. With
 // the microphone playing - mouthOf is the latency; with the agent its voice is played
@@ -54,6 +54,7 @@ class App {
     this.faceCompositor = new FaceCompositor(element("stage"));
     this.modelPreparationProgress = new Map();
     this.frameLog = [];
+    this.sessions = 0; // sessions started: frameLog entries carry theirs as `session`
     this.model = null; // the model shown (name)
     this.session = null;
     this.dropped = 0; // frames that arrived but were never drawn (a later one was due first)
@@ -83,9 +84,10 @@ class App {
     // mouth-only until the model's frames are ready (as the original)
     this.prepare(this.model).catch((err) => this.setStatus(`Cannot prepare ${this.model}: ${err.message}`));
     const audio = new AudioContext();
-    const session = { mode, audio, pending: [], latencies: [], facts: null, firstFrame: null, closed: false,
+    this.sessions += 1;
+    const session = { id: this.sessions, mode, audio, pending: [], latencies: [], facts: null, firstFrame: null, closed: false,
                       arrivals: Promise.resolve(), delayS: mode === "agent" ? AGENT_PLAYBACK_DELAY_S : 0,
-                      heardFromS: 0, bargeIns: 0 };
+                      heardFromS: 0, bargeIns: 0, interrupted: false };
     this.session = session;
     this.setCaption("");
     let firstDrawn;
@@ -145,18 +147,24 @@ class App {
       this.setCaption(element("captions").textContent + event.delta);
     } else if (event.type === "response.created") {
       this.setCaption("");
+      if (session.interrupted) {
+        // the next answer: its voice is heard and drawn again, from what arrives now
+        session.interrupted = false;
+        session.heardFromS = this.arrived(session) ?? 0;
+      }
       if (session.speaker) session.speaker.gain.value = 1; // events can come before the audio graph
     } else if (event.type === "input_audio_buffer.speech_started") {
       this.bargeIn(session);
     }
   }
 
-  // The user speaks over the agent: what is still in the delay line is never heard, and the mouth
-  // rests at once; only audio that arrives from now on is heard and drawn.
+  // The user speaks over the agent: the answer is cancelled. What is still in the delay line, or
+  // still on its way (the data channel outruns the audio's jitter buffer), is never heard nor
+  // drawn: the mouth rests until the next answer begins.
   bargeIn(session) {
     session.bargeIns += 1;
+    session.interrupted = true;
     if (session.speaker) session.speaker.gain.value = 0;
-    session.heardFromS = this.arrived(session) ?? 0;
     for (const f of session.pending) f.bitmap?.close();
     session.pending = [];
     session.lastDrawMs = null; // the avatar idles (rests) until the next mouth frame is due
@@ -209,7 +217,7 @@ class App {
     session.arrivals = session.arrivals.then(async () => {
       const bitmap = await decoding.catch(() => null); // a damaged JPEG: the plain frame is shown
       // a frame whose audio is never heard (barge-in) is never shown
-      if (session.closed || header.mouth_of_s < session.heardFromS) { bitmap?.close(); return; }
+      if (session.closed || session.interrupted || header.mouth_of_s < session.heardFromS) { bitmap?.close(); return; }
       // shown while its audio is heard: from half a frame before its centre
       session.pending.push({ header, bitmap, dueS: header.mouth_of_s - 0.5 / session.facts.fps });
     });
@@ -258,9 +266,10 @@ class App {
     bitmap?.close();
     session.lastDrawMs = nowMs;
     this.idleStartMs = null;
-    this.log({ playing, mouthOf: header.mouth_of_s, arrived: this.arrived(session), modelFrame: header.model_frame,
+    this.log({ playing, mouthOf: header.mouth_of_s, arrived: this.arrived(session),
+               modelFrame: header.model_frame,
                bounds: header.bounds,
-               index: header.index, speech: header.speech, open: header.open, fromModel: Boolean(frame) });
+               index: header.index, speech: header.speech, droppedS: header.dropped_s, open: header.open, fromModel: Boolean(frame) });
     session.latencies.push(playing - header.mouth_of_s);
     if (session.latencies.length > READOUT_FRAMES) session.latencies.shift();
     this.readout(nowMs, session);
@@ -282,7 +291,8 @@ class App {
   }
 
   log(entry) {
-    this.frameLog.push(entry);
+    const session = this.session;
+    this.frameLog.push({ session: session?.id ?? null, bargeIns: session?.bargeIns ?? 0, ...entry });
     if (this.frameLog.length > FRAME_LOG_LENGTH) this.frameLog.splice(0, this.frameLog.length - FRAME_LOG_LENGTH);
   }
 
