@@ -91,7 +91,7 @@ def test_barge_in_stops_the_answer_and_truncates_it(env, tmp_path, cache_dir, sa
     out = tmp_path / "barge.mp4"
     with FakeRealtime(answer, answer_text="Once upon a time") as fake:
         env["OPENAI_BASE_URL"] = fake.base_url
-        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=10.0,
+        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=14.0,
                                 agent={}, window=False)
         session.wait(40)
     assert session.proc.returncode == 0, session.stderr

@@ -22,7 +22,6 @@ import av
 import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 import uvicorn
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect

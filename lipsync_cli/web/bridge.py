@@ -20,8 +20,9 @@ engine directly, as the gRPC servicer does). The protocol, at `BRIDGE_PATH`:
    `{"index", "model_frame", "bounds": [xmin, ymin, xmax, ymax] (full-frame px), "speech", "open",
    "mouth_of_s", "dropped_s"}`. `mouth_of_s` is the second of the audio the page sent whose mouth
    the frame shows (its frame's centre, on the one clock of `core.timing`, plus the audio dropped
-   before it); `dropped_s` is all the audio dropped so far. Indices stay contiguous across a drop. The JPEG is the 320x320 mouth region;
-   it is empty when the frame's image is unusable (the page then shows the plain model frame).
+   before it); `dropped_s` is all the audio dropped so far. Indices stay contiguous across a drop.
+   The JPEG is the 320x320 mouth region; it is empty when the frame's image is unusable (the page
+   then shows the plain model frame).
 
 Close codes: 1008 a cross-origin page (only pages served by this server may connect; clients that
 send no Origin, which are not browsers, may), 1003 a message of the wrong kind, 1007 a bad start

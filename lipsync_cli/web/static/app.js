@@ -85,6 +85,7 @@ class App {
     this.prepare(this.model).catch((err) => this.setStatus(`Cannot prepare ${this.model}: ${err.message}`));
     const audio = new AudioContext();
     this.sessions += 1;
+    this.dropped = 0;
     const session = { id: this.sessions, mode, audio, pending: [], latencies: [], facts: null, firstFrame: null, closed: false,
                       arrivals: Promise.resolve(), delayS: mode === "agent" ? AGENT_PLAYBACK_DELAY_S : 0,
                       heardFromS: 0, bargeIns: 0, interrupted: false };
@@ -164,6 +165,8 @@ class App {
   bargeIn(session) {
     session.bargeIns += 1;
     session.interrupted = true;
+    const said = element("captions").textContent;
+    if (said) this.setCaption(`${said} \u2026`); // cut off
     if (session.speaker) session.speaker.gain.value = 0;
     for (const f of session.pending) f.bitmap?.close();
     session.pending = [];
