@@ -195,6 +195,8 @@ def serve(
     max_streams: Optional[int] = typer.Option(None, "--max-streams", min=1,
                                               help="Streams and clips served at once; more are refused at once "
                                               "(\"the lip-sync service is full\"). Default: from the CPU cores."),
+    realtime_url: Optional[str] = typer.Option(None, "--realtime-url", help="Where the web page's agent mode sends "
+                                               "its WebRTC offer (default: OpenAI's Realtime calls endpoint)."),
     drain_s: float = typer.Option(DEFAULT_DRAIN_S, "--drain-s", min=0,
                                   help="On SIGTERM: seconds running streams get to finish before serve exits."),
 ) -> None:
@@ -205,7 +207,8 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     http = HttpOptions(allowed_origins=tuple(allow_origin), token_rate_per_min=token_rate,
-                       **({"token_secret": token_secret} if token_secret else {}))
+                       **({"token_secret": token_secret} if token_secret else {}),
+                       **({"realtime_calls_url": realtime_url} if realtime_url else {}))
     settings = ServeSettings(models_dir=models_dir, cache_dir=cache_dir, max_models=max_models, http=http,
                              max_streams=max_streams, drain_s=drain_s)
 

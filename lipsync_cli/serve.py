@@ -127,8 +127,9 @@ def run_serve(settings: ServeSettings, *, host: str = DEFAULT_HOST, port: int = 
         _host_port(host, grpc_port), store=store, generator=generator, capacity=capacity,
         extra_servicers=[add_legacy_service(store, generator, capacity)])
     try:
-        # slots: /readyz reads the capacity (and the WebSocket bridge, when served, shares it)
-        http_server, bound_http_port = create_server(store, settings.http, host=host, port=port, slots=capacity)
+        # slots: /readyz reads the capacity, and the page's WebSocket streams count against it too
+        http_server, bound_http_port = create_server(store, settings.http, host=host, port=port,
+                                                     generator=generator, slots=capacity)
         try:
             if on_ready is not None:
                 on_ready({"http": f"http://{_host_port(host, bound_http_port)}/",

@@ -91,7 +91,7 @@ def test_barge_in_stops_the_answer_and_truncates_it(env, tmp_path, cache_dir, sa
     out = tmp_path / "barge.mp4"
     with FakeRealtime(answer, answer_text="Once upon a time") as fake:
         env["OPENAI_BASE_URL"] = fake.base_url
-        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=14.0,
+        session = start_session(env, cache_dir, input=user, record=out, model=str(SAMPLE_VIDEO), duration_s=12.0,
                                 agent={}, window=False)
         session.wait(40)
     assert session.proc.returncode == 0, session.stderr
@@ -106,11 +106,15 @@ def test_barge_in_stops_the_answer_and_truncates_it(env, tmp_path, cache_dir, sa
     # the recording holds the answer up to what the server was told was played, then silence
     cut = offset + played_ms * rate // 1000
     tail = answer[cut - offset - rate // 2: cut - offset - rate // 20]
-    assert abs(best_match(audio, tail)[0] - (cut - rate // 2)) < rate // 100
-    rest = slice(cut + rate // 10, cut + rate * 3 // 2)
+    assert abs(best_match(audio[: cut + rate // 10], tail)[0] - (cut - rate // 2)) < rate // 100
+    # up to 1.5 s of silence, or less where the answer to the interruption starts (a slow machine starts late)
+    again, ncc_again = best_match(audio[cut:], answer[: rate // 2])
+    end = cut + (min(again, rate * 3 // 2) if ncc_again > 0.95 else rate * 3 // 2)
+    assert end - cut > rate // 2, (again, ncc_again)
+    rest = slice(cut + rate // 10, end)
     assert np.sqrt(np.mean(audio[rest] ** 2)) < 1e-3
     change = mouth_change(frames, sample_model)
-    resting = change[(cut * 25 // rate) + 3: (cut + rate * 3 // 2) * 25 // rate]
+    resting = change[(cut * 25 // rate) + 3: end * 25 // rate]
     speaking = change[offset * 25 // rate: cut * 25 // rate]
     assert np.median(resting) * 3 + 1.0 < np.median(speaking), (resting, speaking)
 

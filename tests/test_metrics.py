@@ -208,3 +208,21 @@ def test_ops_routes_come_before_the_static_page_and_are_added_once(store):
         assert http.get("/metrics").status_code == 200
         assert http.get("/").status_code == 200  # the page is still served
 
+
+
+def test_token_requests_are_counted_by_outcome(store, monkeypatch):
+    # no key on this server: every mint is a failure with reason no_key, and a refused one rate_limited
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    app = create_app(store, HttpOptions(token_rate_per_min=2), slots=Capacity(LIMIT))
+    with TestClient(app) as client:
+        before = client.get("/metrics").text
+        codes = [client.post("/api/token").status_code for _ in range(3)]
+        after = client.get("/metrics").text
+    assert codes == [503, 503, 429]
+
+    def delta(reason: str) -> float:
+        name = "lipsync_token_mint_failures_total"
+        return sample_value(after, name, reason=reason) - sample_value(before, name, reason=reason)
+
+    assert delta("no_key") == 2 and delta("rate_limited") == 1
+    assert sample_value(after, "lipsync_token_mints_total") == sample_value(before, "lipsync_token_mints_total")

@@ -46,6 +46,7 @@ from lipsync_cli.media.video import probe_video
 from lipsync_cli.web.bridge import BRIDGE_PATH, StreamSlots, add_bridge
 from lipsync_cli.web.browser_video import ensure_browser_copy, needs_browser_copy
 from lipsync_cli.web.options import HttpOptions
+from lipsync_cli.web.ops import add_ops_routes
 from lipsync_cli.web.responses import describe_peer, json_error
 from lipsync_cli.web.token import TokenEndpoint
 
@@ -182,6 +183,8 @@ def create_app(store: ModelStore, options: HttpOptions, *, generator: MouthGener
 
     if generator is not None:
         add_bridge(app, store, generator, slots=slots)  # inserts its route ahead of the mount below
+    if slots is not None:  # /readyz and /metrics read the stream capacity
+        add_ops_routes(app, store=store, capacity=slots)
     app.mount("/", static, name="static")
     if options.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(options.allowed_origins),

@@ -28,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 
+from lipsync_cli import metrics
 from lipsync_cli.web.options import HttpOptions
 from lipsync_cli.web.responses import describe_peer, json_error
 
@@ -142,6 +143,7 @@ class TokenEndpoint:
                 if admission.first_refusal:  # once per burst: an abusive client must not flood the log
                     LOG.warning("refused token requests from %s: over %d a minute", describe_peer(request.scope),
                                 self.limiter.limit)
+                metrics.TOKEN_FAILURES.labels("rate_limited").inc()
                 return json_error(429, f"too many token requests from this address (at most "
                                        f"{self.limiter.limit} a minute): retry in {admission.retry_after_s} s",
                                   headers={"Retry-After": str(admission.retry_after_s)})
@@ -149,9 +151,11 @@ class TokenEndpoint:
         if secret is not None and not hmac.compare_digest(_presented_secret(request.headers), secret.encode()):
             LOG.warning("refused a token request from %s: missing or wrong shared secret",
                         describe_peer(request.scope))
+            metrics.TOKEN_FAILURES.labels("unauthorized").inc()
             return json_error(401, "this server needs its shared secret: send 'Authorization: Bearer SECRET' "
                                    "or 'X-Lipsync-Secret: SECRET'", headers={"WWW-Authenticate": "Bearer"})
         if self._openai is None:
+            metrics.TOKEN_FAILURES.labels("no_key").inc()
             return json_error(503, "no OpenAI API key on the server: set OPENAI_API_KEY where `lipsync serve` runs")
         try:
             minted = self._openai.realtime.client_secrets.create(
@@ -160,9 +164,12 @@ class TokenEndpoint:
         except openai.APIStatusError as exc:
             # only the status: OpenAI's error text can quote part of the key
             LOG.warning("OpenAI refused to mint a client secret (HTTP %d)", exc.status_code)
+            metrics.TOKEN_FAILURES.labels("openai_refused").inc()
             return json_error(502, f"OpenAI refused to create a client secret (HTTP {exc.status_code})")
         except openai.APIError as exc:
             LOG.warning("cannot mint a client secret: %s", type(exc).__name__)
+            metrics.TOKEN_FAILURES.labels("openai_unreachable").inc()
             return json_error(502, "cannot reach the OpenAI API to create a client secret")
+        metrics.TOKEN_MINTS.inc()
         return JSONResponse({"value": minted.value, "expires_at": minted.expires_at},
                             headers={"Cache-Control": "no-store"})
