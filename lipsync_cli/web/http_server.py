@@ -83,6 +83,14 @@ register_url_convertor("any_text", _AnyTextConvertor())
 class _VideoResponse(FileResponse):
     chunk_size = VIDEO_CHUNK_BYTES
 
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        # RFC 9110 section 14.2: a Range in a unit the server does not know is ignored (200, the whole
+        # file); Starlette would answer 400. An empty list is how Starlette says "no range".
+        if http_range.split("=", 1)[0].strip().lower() != "bytes":
+            return []
+        return super()._parse_range_header(http_range, file_size)
+
 
 def _describe(name: str, video: Path, store: ModelStore) -> dict:
     url = f"/api/model-video/{quote(name)}"
