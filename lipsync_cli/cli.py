@@ -248,7 +248,6 @@ def live(
     from lipsync_cli.live.audio_io import list_devices as audio_devices
     from lipsync_cli.errors import AgentError
     from lipsync_cli.live.session import LiveOptions, check_live, run_live
-    from lipsync_cli.media.models import default_model
 
     if list_devices:
         devices = audio_devices()
@@ -282,10 +281,10 @@ def live(
     check_live(options)  # no display or no key: say so before preparing anything
     with progress_bar() as progress:
         store = _store(models_dir, cache_dir, progress)
-        store.get(store.resolve(model) if model else default_model(models_dir=models_dir))
+        store.open(model)  # prepared here, with a progress bar, before any window opens
     summary = run_live(options, store=store, on_transcript=transcript,
                        on_message=lambda text: console.print(f"[yellow]{text}[/]", highlight=False))
-    latency = (f"latency p50 {summary.latency_p50_ms:.0f} ms, p95 {summary.latency_p95_ms:.0f} ms"
+    latency = (f"{summary.latency_label} p50 {summary.latency_p50_ms:.0f} ms, p95 {summary.latency_p95_ms:.0f} ms"
                if summary.latency_p50_ms is not None else "no frames from the service")
     saved = f", recorded to [green]{summary.record}[/]" if summary.record else ""
     fallback = f", [yellow]{summary.fallbacks} shown untouched[/] (unusable mouth image)" if summary.fallbacks else ""

@@ -14,9 +14,9 @@ SPEC_JSON: {"video": model video, "cache_dir": ..., "bursts": WAV of one burst (
   of the block that holds it), the monitor's recording tells it too (`inputBufferAdcTime`); both are
   kept, and they should agree.
 - screen: the window's inner-mouth area is read back from the X server every POLL_S (XGetImage on the
-  root window through ctypes) and compared with the model's own frames (the mouth at rest); the
-  first read after a burst's onset that differs from rest by more than the rest's own spread marks
-  the moment its mouth is on screen.
+  root window through ctypes); the first read after a burst's onset that differs from the last read
+  before it (the mouth at rest) by more than the avatar's own motion at rest does over DRIFT_SPAN_S,
+  plus CHANGE_MARGIN, marks the moment its mouth is on screen.
 Every time is `time.monotonic()` of this process (the same clock as the session's).
 """
 
@@ -37,7 +37,6 @@ POLL_S = 0.002  # how often the mouth area is read back from the screen
 PROBE_RATE_HZ = 44_100  # the null sink's own rate: nothing resamples the probe's sound
 BLOCK = 441  # 10 ms blocks both ways
 ONSET_LEVEL = 0.02  # a sample this loud starts a burst (the bursts are trimmed to start there)
-REST_CALIBRATION_S = 1.5  # the mouth at rest is watched this long before the first burst
 MAX_WINDOW_HEIGHT_PX = 900  # as lipsync_cli.live.window scales the frame
 CHANGE_MARGIN = 2.0  # a mouth differs from rest by this much (0-255 mean abs) over the rest's own worst
 DRIFT_SPAN_S = 0.5  # the avatar's own motion at rest, over this long, is not a mouth opening
@@ -89,20 +88,13 @@ class Screen:
         return pixels
 
 
-def _mouth_area(model, scale: float) -> tuple[tuple[int, int, int, int], list[np.ndarray]]:
-    """(x0, y0, x1, y1) of the inner mouth in the scaled frame, over all frames; and each frame's area there."""
-    import cv2
-
+def _mouth_area(model, scale: float) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the inner mouth in the scaled frame: inside the mouth's bounds in every frame."""
     b = model.mouth_bounds
     x0, y0, x1, y1 = b[:, 0].max(), b[:, 1].max(), b[:, 2].min(), b[:, 3].min()
     w, h = x1 - x0, y1 - y0
     box = [int(scale * v) for v in (x0 + w / 4, y0 + h / 4, x1 - w / 4, y1 - h / 3)]
-    size = (round(model.width * scale), round(model.height * scale))
-    refs = []
-    for j in range(model.n_frames):
-        frame = model.frame(j) if scale == 1 else cv2.resize(model.frame(j), size, interpolation=cv2.INTER_AREA)
-        refs.append(frame[box[1]:box[3], box[0]:box[2]].astype(np.int16))
-    return (box[0], box[1], box[2], box[3]), refs
+    return box[0], box[1], box[2], box[3]
 
 
 def _find_window(screen: Screen, model, scale: float) -> tuple[int, int]:
@@ -186,7 +178,7 @@ def probe(spec: dict) -> ProbeResult:
     scale = min(1.0, MAX_WINDOW_HEIGHT_PX / model.height)
     screen = Screen()
     left, top = _find_window(screen, model, scale)
-    (x0, y0, x1, y1), refs = _mouth_area(model, scale)
+    x0, y0, x1, y1 = _mouth_area(model, scale)
     burst, rate = sf.read(spec["bursts"], dtype="float32")
     burst = resample(to_mono(burst.reshape(len(burst), -1).T if burst.ndim > 1 else burst), from_rate_hz=rate,
                      to_rate_hz=PROBE_RATE_HZ) if rate != PROBE_RATE_HZ else burst

@@ -19,7 +19,7 @@ from helpers import assert_clean_error, run_cli
 from lipsync_cli.errors import InputError
 from lipsync_cli.media.video import iter_frames
 from lipsync_cli.render.batch import BatchOptions, run_batch
-from lipsync_cli.render.jobs import Job, jobs_for_inputs, plan_jobs, read_manifest
+from lipsync_cli.render.jobs import jobs_for_inputs, plan_jobs, read_manifest
 from lipsync_cli.render.pipeline import RenderOptions, render
 
 LINES = ["Hello there.", "One more clip.", "Good morning to you.", "This is the fourth.", "Number five.",

@@ -61,10 +61,11 @@ DEFAULT_SKIN_LEVEL = 160.0  # grey level of the face when the skin cannot be mea
 SKIN_POINTS = (50, 280, 205, 425)  # cheeks under the eyes and beside the nose, lit as the face is
 SKIN_PATCH_SHARE = 0.15  # each skin patch's half-side, as a share of the inner-lip width
 INTERIOR_TINT_BGR = (0.62, 0.66, 0.9)  # the inside's hue against the lips': redder-brown, never pink
-WALL_SHADE = 0.4  # brightness (times tint x lip colour) at the lips' inner edges (brighter, or a red tongue
-# against the lower lip, and the landmark tracker puts the lower lip higher: the mouth reads shut)...
-BACK_SHADE = 0.07  # ...and at the back of a wide-open mouth (the throat)
-DEEP_GAP_SHARE = 0.35  # an opening this tall (a share of the inner-lip width) shows the full depth;
+WALL_SHADE = 0.2  # brightness (times tint x lip colour) at the lips' inner edges: the landmark tracker
+# finds a lip edge by its contrast with the dark inside; at 0.4 it read 15% less of the same opening,
+# and a brighter rim, a red tongue against the lower lip, or no teeth read less still...
+BACK_SHADE = 0.03  # ...and at the back of a wide-open mouth (the throat)
+DEEP_GAP_SHARE = 0.25  # an opening this tall (a share of the inner-lip width) shows the full depth;
 # a narrower one is shallow: all wall, no black
 BACK_CENTRE_T = 0.7  # the darkest point sits this far down the opening (dark above the lower lip: the tracker finds it)
 BACK_HALF_WIDTH_U = 0.7  # the dark back's half-width (u) ...
@@ -93,12 +94,6 @@ TONGUE_HEIGHT_SHARE = 0.16  # its height as a share of the gap
 TONGUE_TINT_BGR = (0.55, 0.58, 0.95)  # its hue against the lips'
 TONGUE_TOP_SHADE, TONGUE_LOW_SHADE = 0.45, 0.3  # its lit top and its shaded front (behind the lower lip)
 TONGUE_OPACITY = 0.6  # set back in the shade
-RIM_GAP_SHARE = 0.0  # the wet inner lips: a band this share of the gap just inside each lip...
-RIM_WIDTH_SHARE = 0.06  # ...at most this share of the inner-lip width...
-RIM_LOWER_GAIN = 1.0  # ...the lower lip's this many times the upper's...
-RIM_SHADE = 0.75  # ...this bright (times the rim tint x lip colour) at the lip, fading into the dark
-RIM_TINT_BGR = (0.8, 0.8, 0.95)  # wet inner lips: a deeper red than the outer lip
-RIM_FADE_ORDER = 1.5  # the rim's fade towards the inside: (1 - d / rim) ** this
 EDGE_BLUR_KERNEL_PX, EDGE_BLUR_SIGMA_PX = 5, 1.0  # the drawn interior's edge softness
 COLOUR_BLUR_SIGMA_PX = 0.9  # the drawn interior is this soft (a real one is never sharp)
 INTERIOR_MARGIN_PX = 4  # the painted box reaches this far past the opening (the blurs' reach)
@@ -309,12 +304,6 @@ def _draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inne
         on, light = _teeth(height_px, band, au / LOWER_TEETH_HALF_SPAN, TEETH_ROOT_LIGHT)
         m = (TEETH_OPACITY * on)[..., None]
         colour = colour * (1 - m) + ivory * (level * LOWER_TEETH_LIGHT * light)[..., None] * m
-    if RIM_GAP_SHARE > 0:  # wet inner lips over everything behind them
-        rim = np.minimum(RIM_GAP_SHARE * gap_px, RIM_WIDTH_SHARE * inner_width_px)
-        wet = (lip * np.array(RIM_TINT_BGR, np.float32)) * RIM_SHADE
-        for d, r in ((depth_px, rim), (height_px, RIM_LOWER_GAIN * rim)):
-            m = (np.clip(1 - d / np.maximum(r, 1e-3), 0, 1) ** RIM_FADE_ORDER)[..., None]
-            colour = colour * (1 - m) + wet * m
     kernel = (EDGE_BLUR_KERNEL_PX, EDGE_BLUR_KERNEL_PX)
     alpha = cv2.GaussianBlur(need.astype(np.float32), kernel, EDGE_BLUR_SIGMA_PX)[..., None]
     colour = cv2.GaussianBlur(colour.astype(np.float32), (0, 0), COLOUR_BLUR_SIGMA_PX)

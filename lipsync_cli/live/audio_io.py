@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from lipsync_cli.errors import DeviceError
-from lipsync_cli.media.video import aac_rate_for
+from lipsync_cli.media.audio import aac_rate_for
 
 log = logging.getLogger(__name__)
 

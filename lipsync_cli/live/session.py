@@ -32,7 +32,6 @@ from lipsync_cli.live.sources import AudioPump, LiveAudio, open_audio
 from lipsync_cli.live.stream import LipStream
 from lipsync_cli.live.timeline import Timeline
 from lipsync_cli.live.window import LATENCY_LABEL, check_display
-from lipsync_cli.media.models import default_model
 from lipsync_cli.media.store import Model, ModelStore
 from lipsync_cli.rpc.client import channel_target
 from lipsync_cli.rpc.embedded import embedded_service
@@ -188,8 +187,7 @@ def _quick_thread_switches() -> Iterator[None]:
 
 def _run_live(options: LiveOptions, *, store: ModelStore, started_s: float, say: MessageFn,
               on_transcript: TranscriptFn | None, on_frame: FrameFn | None) -> LiveSummary:
-    video = store.resolve(options.model) if options.model else default_model(models_dir=store.models_dir)
-    model, model_name = store.get(video), store.register(video)
+    model, model_name = store.open(options.model)
     with contextlib.ExitStack() as stack:
         # opened in this order, closed in reverse: everything is closed after all that uses it
         audio: LiveAudio = stack.enter_context(open_audio(input=options.input, device=options.device,

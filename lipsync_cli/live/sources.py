@@ -20,8 +20,7 @@ from lipsync_cli.errors import DeviceError
 from lipsync_cli.live.agent import REALTIME_RATE_HZ, AnswerAudio
 from lipsync_cli.live.audio_io import READ_TIMEOUT_S, AnswerSource, AudioSource, MessageFn, MicSource, PacedFile, Speaker
 from lipsync_cli.live.timeline import SoundOut, Timeline
-from lipsync_cli.media.audio import load_audio, resample, to_mono
-from lipsync_cli.media.video import aac_rate_for
+from lipsync_cli.media.audio import aac_rate_for, load_audio, resample, to_mono
 
 # a played file's (or an agent's answer's) sound waits this long, what the service needs to decide a mouth
 # from audio it could not have ahead (a file played as a microphone; the silence between answers, and an

@@ -159,15 +159,17 @@ class ModelStore:
                 self._models[video] = model  # drops the least recently used past the limit
             return model
 
-    def open(self, model: str | None) -> tuple[Model, str]:
-        """The loaded model for a name, a path or None, and the name it is served under.
+    def video_for(self, model: str | None) -> Path:
+        """The video a model name or path means; None: the only video in models_dir, else the bundled sample."""
+        return self.resolve(model) if model else default_model(models_dir=self.models_dir)
 
-        None means the default model: the only video in models_dir, else the bundled sample.
+    def open(self, model: str | None) -> tuple[Model, str]:
+        """The loaded model for a name, a path or None (see `video_for`), and the name it is served under.
+
         A video given by path becomes reachable by its name (see `register`).
         """
-        video = self.resolve(model) if model else default_model(models_dir=self.models_dir)
-        loaded = self.get(video)
-        return loaded, self.register(video)
+        video = self.video_for(model)
+        return self.get(video), self.register(video)
 
     def is_prepared(self, video: Path) -> bool:
         """True when the video has a good cache (no work needed to load it)."""

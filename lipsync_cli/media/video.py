@@ -19,7 +19,7 @@ import numpy as np
 from lipsync_cli.errors import OutputError, VideoError
 # aac_rate_for: a temporary re-export until render/pipeline.py, live/audio_io.py and live/live.py
 # import it from media.audio
-from lipsync_cli.media.audio import AAC_RATES_HZ, aac_rate_for  # noqa: F401
+from lipsync_cli.media.audio import AAC_RATES_HZ
 
 AAC_FRAME_SAMPLES = 1024  # the AAC encoder takes audio frames of exactly this many samples
 DEFAULT_PRESET = "veryfast"

@@ -32,7 +32,6 @@ from distributed import CancelledError, Client, KilledWorker, LocalCluster, as_c
 
 from lipsync_cli.errors import LipsyncError, OutputError, ServiceError
 from lipsync_cli.media.cache import default_cache_dir
-from lipsync_cli.media.models import default_model
 from lipsync_cli.media.store import ModelStore
 from lipsync_cli.progress import ProgressFn, report
 from lipsync_cli.render.jobs import Job, JobResult
@@ -247,7 +246,7 @@ def run_on_cluster(client: Client, jobs: list[Job], *, options: RenderOptions, s
         job = jobs[index]
         spec = job.model or options.model
         try:
-            video = store.resolve(spec) if spec else default_model(models_dir=store.models_dir)
+            video = store.video_for(spec)
             model_asset, model_future = shipper.ship(video, again=reship)
             onnx_asset, onnx_future = (shipper.ship(options.onnx_path, again=reship) if options.onnx_path
                                        else (None, None))

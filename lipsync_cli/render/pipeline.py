@@ -24,10 +24,9 @@ from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 from lipsync_cli.errors import AudioError, ServiceError
-from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio, resample
-from lipsync_cli.media.models import default_model
+from lipsync_cli.media.audio import SAMPLE_RATE_HZ, aac_rate_for, load_audio, resample
 from lipsync_cli.media.store import Model, ModelStore
-from lipsync_cli.media.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, aac_rate_for, check_output_path
+from lipsync_cli.media.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, check_output_path
 from lipsync_cli.progress import ProgressFn, report
 from lipsync_cli.rpc.client import LipSyncClient
 from lipsync_cli.rpc.embedded import embedded_service
@@ -118,9 +117,7 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
     output = Path(output)
     check_output_path(output)
     clip = load_audio(audio_path)
-    video = store.resolve(options.model) if options.model else default_model(models_dir=store.models_dir)
-    model = store.get(video)
-    name = store.register(video)
+    model, name = store.open(options.model)
     if len(clip.samples) < first_sample_of_frame(1, fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ):
         raise AudioError(f"{audio_path}: the audio is shorter than one video frame ({1 / float(model.fps):.3f} s)")
     n_frames = frame_count(len(clip.samples), fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
