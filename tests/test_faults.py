@@ -8,7 +8,6 @@ The service is killed for real: two `create_server` processes, SIGKILL to the on
 
 from __future__ import annotations
 
-import resource
 import signal
 import subprocess
 import sys
@@ -30,16 +29,25 @@ TMPFS_BYTES = 400 * 1024
 KILL_AT_FRAME = 10  # frames written before the serving replica is killed
 
 
+# Sets the limit in a fresh interpreter that then becomes the CLI (exec): no preexec_fn, since forking
+# this gRPC-loaded test process and running Python in the child before exec makes gRPC's fork
+# handlers print to the child's stderr. SIG_IGN survives exec, so the write fails (EFBIG) instead of
+# killing the process.
+LIMITED_LAUNCHER = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[1])
+if limit >= 0:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+os.execv(sys.executable, [sys.executable, "-m", "lipsync_cli", *sys.argv[2:]])
+"""
+
+
 def _run_limited(*args, limit_bytes: int | None = None, timeout_s: float = 300):
     """`python -m lipsync_cli ARGS`, its files limited to limit_bytes each (a full disk for that process)."""
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing the process
-        if limit_bytes is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
-    return subprocess.run([sys.executable, "-m", "lipsync_cli", *map(str, args)], capture_output=True, text=True,
-                          preexec_fn=limit, timeout=timeout_s, cwd=REPO)
+    limit = -1 if limit_bytes is None else limit_bytes
+    return subprocess.run([sys.executable, "-c", LIMITED_LAUNCHER, str(limit), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
 
 
 @pytest.fixture()

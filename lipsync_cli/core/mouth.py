@@ -33,9 +33,9 @@ from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
 DEFAULT_MAX_OPEN = 0.36  # a full opening (gap / eye distance) for a person whose video never opens...
-NEUTRAL_GAP_PER_WIDTH = 0.45  # ...at most this share of the mouth's width: taller reads as a scream
+NEUTRAL_GAP_PER_WIDTH = 0.55  # ...at most this share of the mouth's width: taller reads as a scream
 # (the landmark tracker reads no more beyond it either: its gap saturates at about this height)
-NEUTRAL_KNEE = 0.5  # a drawn opening grows as s (1 + k) / (1 + k s) of the range's share s: smooth,
+NEUTRAL_KNEE = 0.0  # a drawn opening grows as s (1 + k) / (1 + k s) of the range's share s: smooth,
 # monotonic, full at s = 1, the driver's stressed vowels (`open` about 0.65) near the top, the rare
 # widest ones little taller
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video

@@ -61,11 +61,10 @@ DEFAULT_SKIN_LEVEL = 160.0  # grey level of the face when the skin cannot be mea
 SKIN_POINTS = (50, 280, 205, 425)  # cheeks under the eyes and beside the nose, lit as the face is
 SKIN_PATCH_SHARE = 0.15  # each skin patch's half-side, as a share of the inner-lip width
 INTERIOR_TINT_BGR = (0.62, 0.66, 0.9)  # the inside's hue against the lips': redder-brown, never pink
-WALL_SHADE = 0.2  # brightness (times tint x lip colour) at the lips' inner edges: the landmark tracker
-# finds a lip edge by its contrast with the dark inside; at 0.4 it read 15% less of the same opening,
-# and a brighter rim, a red tongue against the lower lip, or no teeth read less still...
-BACK_SHADE = 0.03  # ...and at the back of a wide-open mouth (the throat)
-DEEP_GAP_SHARE = 0.25  # an opening this tall (a share of the inner-lip width) shows the full depth;
+WALL_SHADE = 0.4  # brightness (times tint x lip colour) at the lips' inner edges (brighter, or a red tongue
+# against the lower lip, and the landmark tracker puts the lower lip higher: the mouth reads shut)...
+BACK_SHADE = 0.07  # ...and at the back of a wide-open mouth (the throat)
+DEEP_GAP_SHARE = 0.35  # an opening this tall (a share of the inner-lip width) shows the full depth;
 # a narrower one is shallow: all wall, no black
 BACK_CENTRE_T = 0.7  # the darkest point sits this far down the opening (dark above the lower lip: the tracker finds it)
 BACK_HALF_WIDTH_U = 0.7  # the dark back's half-width (u) ...
