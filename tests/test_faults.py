@@ -191,3 +191,20 @@ def test_without_a_replica_list_a_killed_server_fails_the_render_cleanly(tmp_pat
         render(SAMPLE_SPEECH, out_dir / "out.mp4", options=RenderOptions(server=f"127.0.0.1:{port}"), store=store,
                progress=progress)
     _assert_no_output(out_dir)
+
+
+def test_an_atomic_write_is_whole_or_absent_and_gets_a_plain_mode(tmp_path):
+    from lipsync_cli.errors import OutputError
+    from lipsync_cli.media.files import FILE_MODE, atomic_write
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, error=OutputError) as f:
+            f.write(b"half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == [], "a failed write leaves nothing behind"
+    with atomic_write(target, error=OutputError) as f:
+        f.write(b"whole")
+    assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
+    # not mkstemp's 0600: a rendered MP4 is for sharing
+    assert target.stat().st_mode & 0o777 == FILE_MODE and FILE_MODE & 0o044

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lipsync_cli.core.driver import MouthParams
-from lipsync_cli.core.mouth import OwnMouthGenerator
+from lipsync_cli.core.mouth import SPEECH_FLOOR_RAMP, OwnMouthGenerator
 from lipsync_cli.core.warp import warp_lips
 from lipsync_cli.media import face as F
 from test_warp import Mouth, vertical_shift
@@ -100,17 +100,14 @@ def test_pbm_closures_and_a_near_zero_opening_render_shut_and_vowels_open(sample
     assert np.abs(closed - own).mean() < 4.0
 
 
-def test_a_neutral_mouth_opens_smoothly_monotonically_and_never_taller_than_half_its_width(sample_model):
-    """The wanted gap is a smooth, rising function of the driver's `open` (no step for the tracker to
-    read as a jump), and the widest opening of a mouth that never opens in its video stays a talking
-    one: at most about half the mouth's width (taller reads as a scream)."""
+
+def test_the_wanted_gap_rises_smoothly_and_monotonically_with_open(sample_model):
+    """The wanted gap is a smooth, rising function of the driver's `open`: past the speech floor's
+    ramp its slope varies little, so any jump the tracker reads in a render is not made here."""
     stream = OwnMouthGenerator().open_stream(sample_model)
-    p = stream.p
     opens = np.linspace(0.0, 1.0, 201)
     gaps = np.array([stream.target_open(speaking(float(o))) for o in opens])
     steps = np.diff(gaps)
     assert (steps > 0).all()
-    above_floor = opens[1:] > 0.2  # past the speech floor's ramp the slope varies by less than 2.5x
-    assert steps[above_floor].max() < 2.5 * steps[above_floor].min()
-    assert gaps[-1] <= 0.5 * np.median(sample_model.mouth_width)
-    assert gaps[-1] - p.rest_open >= 0.9 * (p.max_open - p.rest_open)
+    past_floor = opens[1:] > 2 * SPEECH_FLOOR_RAMP  # below the ramp the lips part quickly from rest
+    assert steps[past_floor].max() < 1.5 * steps[past_floor].min()

@@ -32,12 +32,8 @@ from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
-DEFAULT_MAX_OPEN = 0.36  # a full opening (gap / eye distance) for a person whose video never opens...
-NEUTRAL_GAP_PER_WIDTH = 0.55  # ...at most this share of the mouth's width: taller reads as a scream
-# (the landmark tracker reads no more beyond it either: its gap saturates at about this height)
-NEUTRAL_KNEE = 0.0  # a drawn opening grows as s (1 + k) / (1 + k s) of the range's share s: smooth,
-# monotonic, full at s = 1, the driver's stressed vowels (`open` about 0.65) near the top, the rare
-# widest ones little taller
+DEFAULT_MAX_OPEN = 0.36  # a full opening (gap / eye distance) for a person whose video never opens;
+# the driver's `open` reaches about 0.65 of it on stressed vowels (its p95), a moderate speaking mouth
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video
 SPEECH_MIN_OPEN = 0.15  # in speech the lips stay this share of the range apart (they rest only in silence)...
 SPEECH_FLOOR_RAMP = 0.15  # ...once the driver's `open` passes this; below it they close to rest (P/B/M, pauses)
@@ -113,15 +109,12 @@ class MouthProfile:
         rest = float(np.percentile(open_, REST_PERCENTILE))
         lib_max = float(np.percentile(open_, FULL_OPEN_PERCENTILE))
         talking = lib_max > TALKING_MIN_OPEN
-        width = model.mouth_width.astype(np.float64)
-        if talking:
-            max_open = max(lib_max, rest + MIN_TALKING_RANGE)
-        else:
-            max_open = max(lib_max, min(DEFAULT_MAX_OPEN, NEUTRAL_GAP_PER_WIDTH * float(np.median(width))))
+        max_open = max(lib_max, DEFAULT_MAX_OPEN) if not talking else max(lib_max, rest + MIN_TALKING_RANGE)
         candidates = np.flatnonzero(model.face_found)
         if len(candidates) == 0:
             candidates = np.arange(model.n_frames)
         region_pts = np.stack([model.region_points(i) for i in range(model.n_frames)]).astype(np.float32)
+        width = model.mouth_width.astype(np.float64)
         sampled = candidates[np.linspace(0, len(candidates) - 1, min(LOOK_FRAMES, len(candidates))).astype(int)]
         look = interior_look([model.region(int(i)) for i in sampled], [region_pts[i] for i in sampled])
         interior = np.zeros(model.n_frames)
@@ -166,8 +159,6 @@ class OwnMouthStream:
         if not params.speech:
             return p.rest_open
         share = SPEECH_MIN_OPEN * float(smoothstep(params.open / SPEECH_FLOOR_RAMP)) + (1 - SPEECH_MIN_OPEN) * params.open
-        if not p.talking:
-            share = share * (1 + NEUTRAL_KNEE) / (1 + NEUTRAL_KNEE * share)
         return p.rest_open + share * (p.max_open - p.rest_open)
 
     def choose_source(self, base: int, target: float, target_width: float) -> int:

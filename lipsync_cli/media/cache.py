@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ import cv2
 import numpy as np
 
 from lipsync_cli.media import face as F
+from lipsync_cli.media.files import atomic_write
 from lipsync_cli.errors import CacheError, VideoError
 from lipsync_cli.media.models import model_name
 from lipsync_cli.progress import ProgressFn, report
@@ -274,19 +274,10 @@ def write_cache(arrays: dict[str, np.ndarray], path: Path) -> int:
     """Write atomically (temp file + rename); returns the size in bytes."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
     except OSError as exc:
         raise CacheError(f"cannot write the cache in {path.parent} ({exc.strerror}); set --cache-dir") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise CacheError(f"cannot write the cache {path} ({exc.strerror})") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, error=CacheError, suffix=".tmp.npz") as f:
+        np.savez(f, **arrays)
     return path.stat().st_size
 
 

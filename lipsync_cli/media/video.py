@@ -7,7 +7,6 @@ complete, so an interrupted write never leaves a broken file under the user's na
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +19,7 @@ from lipsync_cli.errors import OutputError, VideoError
 # aac_rate_for: a temporary re-export until render/pipeline.py, live/audio_io.py and live/live.py
 # import it from media.audio
 from lipsync_cli.media.audio import AAC_RATES_HZ
+from lipsync_cli.media.files import finish, temporary_beside
 
 AAC_FRAME_SAMPLES = 1024  # the AAC encoder takes audio frames of exactly this many samples
 DEFAULT_PRESET = "veryfast"
@@ -135,13 +135,8 @@ class Mp4Writer:
 
         self.path = Path(path)
         check_output_path(self.path)
-        parent = self.path.parent if str(self.path.parent) else Path(".")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=parent)
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write in {parent} ({exc.strerror})") from exc
-        os.close(fd)
-        self._tmp = Path(tmp)
+        fd, self._tmp = temporary_beside(self.path, error=OutputError, suffix=".part.mp4")
+        os.close(fd)  # PyAV opens the file by name
         self.fps = Fraction(fps)
         # H.264 in yuv420p needs even dimensions
         self.width, self.height = width - width % 2, height - height % 2
@@ -241,7 +236,7 @@ class Mp4Writer:
                 self._encode_audio(final=True)
                 self._mux(self._audio.encode(None))
             self._container.close()
-            os.replace(self._tmp, self.path)
+            finish(self._tmp, self.path)
         except OSError as exc:
             self._tmp.unlink(missing_ok=True)
             raise OutputError(f"{self.path}: cannot write ({exc.strerror or exc})") from exc

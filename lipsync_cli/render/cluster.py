@@ -32,6 +32,7 @@ from distributed import CancelledError, Client, KilledWorker, LocalCluster, as_c
 
 from lipsync_cli.errors import LipsyncError, OutputError, ServiceError
 from lipsync_cli.media.cache import default_cache_dir
+from lipsync_cli.media.files import atomic_write
 from lipsync_cli.media.store import ModelStore
 from lipsync_cli.progress import ProgressFn, report
 from lipsync_cli.render.jobs import Job, JobResult
@@ -175,20 +176,8 @@ def render_task(task: RenderTask, model_bytes: bytes, onnx_bytes: bytes | None =
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder: `path` is whole or untouched."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part" + path.suffix, dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, error=OutputError, suffix=".part" + path.suffix) as f:
+        f.write(data)
 
 
 class _Shipper:
