@@ -32,12 +32,12 @@ import numpy as np
 import psutil
 
 from common import REPO, SHARED_DATA
-from lipsync_cli.core.engine import render_clip
+from lipsync_cli.core.engine import WIRE_JPEG_QUALITY, render_clip
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.media.audio import load_audio
 from lipsync_cli.media.store import ModelStore
 from lipsync_cli.rpc.client import LipSyncClient
-from lipsync_cli.rpc.service import JPEG_QUALITY, create_server
+from lipsync_cli.rpc.service import create_server
 
 DEFAULT_AUDIO = SHARED_DATA / "speech_48k_stereo_8s.wav"
 FALLBACK_AUDIO = REPO / "samples" / "speech.wav"
@@ -85,7 +85,7 @@ def jpeg_baseline(model, repeat: int) -> float:
     start = time.perf_counter()
     for _ in range(repeat):
         for region in regions:
-            cv2.imencode(".jpg", region, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            cv2.imencode(".jpg", region, [cv2.IMWRITE_JPEG_QUALITY, WIRE_JPEG_QUALITY])
     return repeat * len(regions) / (time.perf_counter() - start)
 
 

@@ -100,7 +100,6 @@ def test_pbm_closures_and_a_near_zero_opening_render_shut_and_vowels_open(sample
     assert np.abs(closed - own).mean() < 4.0
 
 
-
 def test_the_wanted_gap_rises_smoothly_and_monotonically_with_open(sample_model):
     """The wanted gap is a smooth, rising function of the driver's `open`: past the speech floor's
     ramp its slope varies little, so any jump the tracker reads in a render is not made here."""

@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+
 
 from lipsync_cli.core.driver import MouthDriver, MouthParams, drive
 from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES, GeneratorStream, MouthGenerator
@@ -43,6 +45,19 @@ class MouthFrame:
     @property
     def speech(self) -> bool:
         return self.params.speech
+
+
+WIRE_JPEG_QUALITY = 90  # the mouth JPEG of every wire (gRPC, both APIs, and the page's WebSocket)
+
+
+def mouth_jpeg(frame: MouthFrame) -> bytes:
+    """The frame's mouth image as the JPEG the wires carry (b"" when the frame has no usable image)."""
+    if frame.image is None:
+        return b""
+    ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, WIRE_JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"JPEG encoding of the mouth image of frame {frame.index} failed")
+    return jpeg.tobytes()
 
 
 def audio_window(buffer: np.ndarray, buffer_start: int, centre: int) -> np.ndarray:

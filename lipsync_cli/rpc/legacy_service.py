@@ -42,7 +42,7 @@ from cachetools import LRUCache
 
 from lipsync_cli import metrics
 from lipsync_cli.core.driver import REST, MouthParams, drive
-from lipsync_cli.core.engine import MouthFrame, frames_for
+from lipsync_cli.core.engine import MouthFrame, frames_for, mouth_jpeg
 from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.core.timing import ping_pong
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
@@ -53,7 +53,7 @@ from lipsync_cli.media.store import Model, ModelStore
 from lipsync_cli.rpc.capacity import Capacity
 from lipsync_cli.rpc.limits import DRAINING_MESSAGE_PREFIX
 from lipsync_cli.rpc.proto_gen import lipsync_legacy_pb2, lipsync_legacy_pb2_grpc
-from lipsync_cli.rpc.service import AddServicer, encode_jpeg
+from lipsync_cli.rpc.service import AddServicer
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,12 @@ class _BadRequest(Exception):
 class _Mouth:
     """What a reply of the original API carries of one frame, encoded once and kept."""
 
-    jpeg: bytes  # the mouth image as RenderClip sends it (`service.encode_jpeg`)
+    jpeg: bytes  # the mouth image as RenderClip sends it (`engine.mouth_jpeg`)
     bounds: tuple[float, ...]  # [xmin, ymin, xmax, ymax], full-frame pixels of its model frame
 
     @classmethod
     def of(cls, frame: MouthFrame) -> _Mouth:
-        return cls(encode_jpeg(frame), tuple(float(v) for v in frame.bounds))
+        return cls(mouth_jpeg(frame), tuple(float(v) for v in frame.bounds))
 
 
 def decode_wav_base64(text: str) -> np.ndarray:

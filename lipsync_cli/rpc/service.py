@@ -36,7 +36,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import grpc
 import numpy as np
 import scipy.signal  # noqa: F401  (RenderClip resamples with it: loaded (~0.7 s) with the server, not on a first call)
@@ -67,7 +66,6 @@ MIN_RATE_HZ = 8_000
 MAX_RATE_HZ = 192_000
 MAX_CHANNELS = 8
 SAMPLE_TYPES = {lipsync_pb2.PCM_S16LE: "s16", lipsync_pb2.FLOAT32LE: "f32"}  # proto enum -> audio.pcm_to_float
-JPEG_QUALITY = 90
 READ_AHEAD_CHUNKS = 4  # stream messages read ahead of the renderer: more and gRPC's flow control would not hold a fast client back
 READ_POLL_S = 0.5  # how often a blocked reader looks whether its stream has ended
 
@@ -187,19 +185,11 @@ def _decode_mono(data: bytes, fmt: _Format) -> np.ndarray:
     return to_mono(samples)
 
 
-def encode_jpeg(frame: MouthFrame) -> bytes:
-    """The frame's mouth image as a JPEG at JPEG_QUALITY: what both APIs send as prediction_data."""
-    ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError(f"JPEG encoding of the mouth image of frame {frame.index} failed")
-    return jpeg.tobytes()
-
-
 def to_proto(frame: MouthFrame) -> lipsync_pb2.MouthFrame:
-    """The reply of one engine frame (its image as `encode_jpeg`): the one place a MouthFrame becomes
+    """The reply of one engine frame (its image as `engine.mouth_jpeg`): the one place a MouthFrame becomes
     protobuf. Of the driver's parameters the wire carries open, shape and speech."""
     return lipsync_pb2.MouthFrame(
-        index=frame.index, prediction_data=encode_jpeg(frame), bounds=[float(v) for v in frame.bounds],
+        index=frame.index, prediction_data=engine.mouth_jpeg(frame), bounds=[float(v) for v in frame.bounds],
         speech=frame.speech, model_frame=frame.model_frame, mouth_open=frame.params.open, shape=frame.params.shape,
         captured_at_s=frame.captured_at_s)
 

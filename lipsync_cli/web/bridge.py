@@ -48,13 +48,12 @@ from typing import Callable, Protocol
 from urllib.parse import urlsplit
 
 import anyio
-import cv2
 import numpy as np
 from fastapi import FastAPI
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from lipsync_cli.core.engine import LiveEngine, MouthFrame
+from lipsync_cli.core.engine import LiveEngine, MouthFrame, mouth_jpeg
 from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.core.timing import frame_centre_sample
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError
@@ -78,7 +77,6 @@ DROP_MEMORY_S = 2.0
 # chunks received but not yet pushed: about 0.6 s of 10 ms chunks. Beyond it the receiver stops
 # reading, so a too-fast sender waits on TCP instead of growing server memory
 IN_QUEUE_CHUNKS = 64
-JPEG_QUALITY = 90  # as the gRPC service sends
 HEADER_LEN = struct.Struct(">I")  # the length prefix of a frame message's JSON header
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 123 bytes
 
@@ -163,11 +161,7 @@ def encode_frame(frame: MouthFrame, *, fps, dropped_before_s: float = 0.0, dropp
     dropped_before_s: audio dropped before this frame's audio (shifts mouth_of_s onto the page's clock);
     dropped_s: all audio dropped so far.
     """
-    jpeg = b""
-    if frame.image is not None:
-        ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if ok:
-            jpeg = buf.tobytes()
+    jpeg = mouth_jpeg(frame)
     header = json.dumps({
         "index": frame.index, "model_frame": frame.model_frame,
         "bounds": [round(float(v), 3) for v in frame.bounds], "speech": bool(frame.speech),
