@@ -15,6 +15,7 @@ import numpy as np
 import soxr
 
 from lipsync_cli.errors import AudioError
+from lipsync_cli.media.files import check_input_file
 
 SAMPLE_RATE_HZ = 16_000  # the one internal analysis rate
 # the rates a file may claim; outside them the header is damaged (1 Hz would make millions of samples)
@@ -187,12 +188,7 @@ def load_audio(path: str | Path) -> AudioClip:
     import soundfile as sf
 
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: the file is empty (0 bytes)")
+    check_input_file(path, error=AudioError, kind="audio")
     cut = _wav_truncation(path)
     if cut is not None:
         raise AudioError(

@@ -21,6 +21,16 @@ os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting i
 FILE_MODE = 0o666 & ~_UMASK
 
 
+def check_input_file(path: Path, *, error: type[LipsyncError], kind: str) -> None:
+    """`error` with one line when `path` is missing, a folder or empty; `kind`: "audio", "video"."""
+    if not path.exists():
+        raise error(f"{path}: no such file")
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not {'an' if kind[0] in 'aeiou' else 'a'} {kind} file")
+    if path.stat().st_size == 0:
+        raise error(f"{path}: the file is empty (0 bytes)")
+
+
 def temporary_beside(path: Path, *, error: type[LipsyncError], suffix: str) -> tuple[int, Path]:
     """A new temporary file in `path`'s folder (fd, path); `error` with one line when it cannot be made."""
     folder = path.parent if str(path.parent) else Path(".")

@@ -19,7 +19,7 @@ from lipsync_cli.errors import OutputError, VideoError
 # aac_rate_for: a temporary re-export until render/pipeline.py, live/audio_io.py and live/live.py
 # import it from media.audio
 from lipsync_cli.media.audio import AAC_RATES_HZ
-from lipsync_cli.media.files import finish, temporary_beside
+from lipsync_cli.media.files import check_input_file, finish, temporary_beside
 
 AAC_FRAME_SAMPLES = 1024  # the AAC encoder takes audio frames of exactly this many samples
 DEFAULT_PRESET = "veryfast"
@@ -38,12 +38,7 @@ class VideoInfo:
 def _open(path: Path):
     import av
 
-    if not path.exists():
-        raise VideoError(f"{path}: no such file")
-    if path.is_dir():
-        raise VideoError(f"{path}: is a folder, not a video file")
-    if path.stat().st_size == 0:
-        raise VideoError(f"{path}: the file is empty (0 bytes)")
+    check_input_file(path, error=VideoError, kind="video")
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as exc:
