@@ -81,6 +81,18 @@ def test_answer_is_heard_mouthed_and_captioned(env, tmp_path, cache_dir, sample_
     assert np.median(change[first:last][loud[first:last]]) > 3 * np.median(after) + 1.0
 
 
+def _first_match(haystack: np.ndarray, needle: np.ndarray, *, good: float = 0.95) -> tuple[int, float]:
+    """Where `needle` first sits in `haystack`: the fake plays the same answer again after a barge-in,
+    and the second copy may match a little better than the first."""
+    offset, ncc = best_match(haystack, needle)
+    while ncc > good:
+        earlier, earlier_ncc = best_match(haystack[:max(0, offset - len(needle) // 2)], needle)
+        if earlier_ncc <= good:
+            break
+        offset, ncc = earlier, earlier_ncc
+    return offset, ncc
+
+
 def test_barge_in_stops_the_answer_and_truncates_it(env, tmp_path, cache_dir, sample_model):
     question = _speech_24k(tmp_path, "question", "Tell me a story.")
     answer = _speech_24k(tmp_path, "answer", "Once upon a time there was a small dragon who lived far away "
@@ -101,7 +113,7 @@ def test_barge_in_stops_the_answer_and_truncates_it(env, tmp_path, cache_dir, sa
     played_ms = truncates[0]["audio_end_ms"]
     assert 700 < played_ms < 2600, played_ms
     frames, audio, rate = recording(out)
-    offset, ncc = best_match(audio, answer[: rate // 2])
+    offset, ncc = _first_match(audio, answer[: rate // 2])
     assert ncc > 0.95, ncc
     # the recording holds the answer up to what the server was told was played, then silence
     cut = offset + played_ms * rate // 1000
