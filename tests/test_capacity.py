@@ -358,3 +358,37 @@ def test_a_clip_over_the_message_limit_is_streamed_with_the_same_frames(store, s
             (b.index, b.model_frame, b.params.shape, b.params.speech)
         assert a.params.open == pytest.approx(b.params.open, abs=1e-6)
         assert np.array_equal(a.bounds, b.bounds) and np.array_equal(a.image, b.image)
+
+
+def test_a_live_stream_says_service_full_backs_off_and_gets_in_when_a_slot_frees(store, sample_model):
+    from lipsync_cli.live.stream import LipStream
+
+    capacity = Capacity(1)
+    server, port = create_server(store=store, generator=make_generator(), capacity=capacity)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    held = HeldStream(lipsync_pb2_grpc.LipSyncStub(channel))
+    held.first_reply()
+    said: list[str] = []
+    stop = threading.Event()
+    lip = LipStream(f"127.0.0.1:{port}", MODEL, rate_hz=SAMPLE_RATE_HZ, model=sample_model, on_message=said.append)
+
+    def feed() -> None:  # a live client sends audio, silence included, all along
+        block, start = np.zeros(SAMPLE_RATE_HZ // 50, np.float32), 0
+        while not stop.is_set():
+            lip.feed(block, start, time.monotonic())
+            start += len(block)
+            time.sleep(0.02)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        with lip:
+            feeder.start()
+            assert _wait_until(lambda: "full" in lip.status), lip.status
+            assert not lip.streaming and len([m for m in said if "full" in m]) == 1, said
+            held.close()  # a slot frees: the stream gets in on its next try
+            assert _wait_until(lambda: lip.streaming and lip.status == "", 15.0), (lip.status, said)
+    finally:
+        stop.set()
+        held.close()
+        channel.close()
+        server.stop(grace=None)

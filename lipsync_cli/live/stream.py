@@ -15,12 +15,13 @@ import numpy as np
 
 from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
-from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError
+from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError, ServiceFullError
 from lipsync_cli.live.audio_io import READ_TIMEOUT_S, MessageFn
 from lipsync_cli.media.store import Model
 from lipsync_cli.rpc.client import LipSyncClient
 
 RECONNECT_DELAY_S = 0.5
+FULL_BACKOFF_MAX_S = 10.0  # a full service is asked again after 0.5, 1, 2, ... s, at most this
 STREAM_QUEUE_BLOCKS = 200  # 2 s of the microphone's blocks waiting for the service before the stream counts as stuck
 FRAME_QUEUE_FRAMES = 100
 STALL_S = 0.3  # no frame for this long: the service counts as away (idle frames show) until frames come again
@@ -100,6 +101,7 @@ class LipStream:
 
     def _run(self) -> None:
         was_streaming = waiting_said = False
+        full_delay_s = RECONNECT_DELAY_S
         while not self._stop.is_set():
             first, blocks, done = self._open_call()
             problem = "the stream stopped"
@@ -111,6 +113,7 @@ class LipStream:
                     self.last_frame_s = time.monotonic()
                     if not self.streaming:
                         self.streaming, self.status = True, ""
+                        full_delay_s = RECONNECT_DELAY_S
                         if was_streaming:
                             self._say("the lip-sync service is back")
                         was_streaming = True
@@ -121,6 +124,16 @@ class LipStream:
             except (ModelNotFoundError, AudioError) as exc:
                 self.error = exc
                 return
+            except ServiceFullError as exc:
+                # every replica is full: say so and ask again later, less and less often
+                self.streaming = False
+                self.status = f"the lip-sync service is full: retrying in {full_delay_s:.1f} s"
+                if not waiting_said:
+                    waiting_said = True
+                    self._say(f"{exc}; showing the idle avatar and retrying")
+                self._stop.wait(full_delay_s)
+                full_delay_s = min(2 * full_delay_s, FULL_BACKOFF_MAX_S)
+                continue
             except ServiceError as exc:
                 problem = str(exc)
             finally:
