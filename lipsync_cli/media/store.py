@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 from cachetools import LRUCache
 
-from lipsync_cli.media.cache import REGION_PX, cache_path, check_cache, prepare_model, validate_arrays
+from lipsync_cli.media.cache import (REGION_PX, cache_path, check_cache, default_cache_dir, prepare_model,
+                                     validate_arrays)
 from lipsync_cli.errors import CacheError
 from lipsync_cli.media.models import default_model, find_named_model, model_name, resolve_model
 from lipsync_cli.progress import ProgressFn
@@ -102,7 +103,9 @@ class ModelStore:
                  limit: int = DEFAULT_MODEL_LIMIT, progress: ProgressFn | None = None):
         if limit < 1:
             raise ValueError("the model limit must be at least 1")
-        self.cache_dir, self.models_dir, self.limit = cache_dir, models_dir, limit
+        # resolved now, so every user of the store (and any process it hands the folder to) sees a real path
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.models_dir, self.limit = models_dir, limit
         self.progress = progress
         # LRUCache is not thread-safe (a lookup reorders it): every access holds self._lock
         self._models: LRUCache[Path, Model] = LRUCache(maxsize=limit)
