@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,3 +47,13 @@ def make_shadowed_models(tmp_path: Path) -> Path:
     make_video(tmp_path / "wide.mp4", [np.full((64, 96, 3), 128, np.uint8)] * 5).rename(models / "alice.mov")
     make_video(models / "my clip.mp4", [np.full((64, 64, 3), 128, np.uint8)] * 5)
     return models
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> bool:
+    """Poll `condition()` every 20 ms until it is true or `timeout_s` has passed; its last value."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import SAMPLE_SPEECH
+from helpers import wait_until
 from test_service import CountingGenerator
 from lipsync_cli.core.engine import LiveEngine, render_clip
 from lipsync_cli.core.generators import make_generator
@@ -41,14 +42,6 @@ SLOW_RENDER_S = 0.02
 def _fmt16():
     return lipsync_pb2.AudioFormat(sample_rate_hz=SAMPLE_RATE_HZ, channels=1, sample_type=lipsync_pb2.PCM_S16LE)
 
-
-def _wait_until(condition, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 class HeldStream:
@@ -171,11 +164,11 @@ def test_slots_come_back_when_streams_end_or_are_cancelled(store, sample_model):
             held.first_reply()
             assert capacity.in_use == 1
             held.close()  # the client cancels
-            assert _wait_until(lambda: capacity.in_use == 0)
+            assert wait_until(lambda: capacity.in_use == 0)
         with LipSyncClient(f"127.0.0.1:{port}") as client:
             for _ in range(3):  # one after the other: the one slot is free each time
                 assert list(client.render_clip(MODEL, np.zeros((SAMPLE_RATE_HZ // 5, 1), np.float32), SAMPLE_RATE_HZ))
-        assert _wait_until(lambda: capacity.in_use == 0)
+        assert wait_until(lambda: capacity.in_use == 0)
     finally:
         server.stop(grace=None)
 
@@ -199,7 +192,7 @@ def test_a_replica_list_moves_a_refused_call_to_the_next_replica(full_server, st
             short = np.zeros((SAMPLE_RATE_HZ // 5, 1), np.float32)
             # round robin only picks connected replicas: until the free one has answered once, both
             # tries of a call may go to the full one
-            assert _wait_until(lambda: _renders(client, short) or free.rendered > 0)
+            assert wait_until(lambda: _renders(client, short) or free.rendered > 0)
             refusals.clear()
             for _ in range(20):  # sooner or later a call is sent to the full replica first
                 frames = list(client.render_clip(MODEL, short, SAMPLE_RATE_HZ))
@@ -247,7 +240,7 @@ def test_a_deadline_stops_the_servers_work(slow_server, speech_16k):
     with LipSyncClient(target) as client:
         with pytest.raises(ServiceError, match="did not answer in time"):
             list(client.render_clip(MODEL, speech_16k, SAMPLE_RATE_HZ, timeout_s=20 * SLOW_RENDER_S))
-    assert _wait_until(lambda: capacity.in_use == 0)
+    assert wait_until(lambda: capacity.in_use == 0)
     settled = generator.rendered
     time.sleep(20 * SLOW_RENDER_S)
     assert generator.rendered == settled, "the server kept rendering past the deadline"
@@ -265,7 +258,7 @@ def test_a_stalled_stream_is_closed(slow_server):
             held.close()
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert f"sent nothing for {IDLE_S:g} s" in info.value.details()
-    assert _wait_until(lambda: capacity.in_use == 0)
+    assert wait_until(lambda: capacity.in_use == 0)
 
 
 def test_a_stream_that_keeps_sending_is_not_closed(slow_server):
@@ -383,10 +376,10 @@ def test_a_live_stream_says_service_full_backs_off_and_gets_in_when_a_slot_frees
     try:
         with lip:
             feeder.start()
-            assert _wait_until(lambda: "full" in lip.status), lip.status
+            assert wait_until(lambda: "full" in lip.status), lip.status
             assert not lip.streaming and len([m for m in said if "full" in m]) == 1, said
             held.close()  # a slot frees: the stream gets in on its next try
-            assert _wait_until(lambda: lip.streaming and lip.status == "", 15.0), (lip.status, said)
+            assert wait_until(lambda: lip.streaming and lip.status == "", 15.0), (lip.status, said)
     finally:
         stop.set()
         held.close()

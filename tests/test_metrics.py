@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import wait_until
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.errors import ServiceError, ServiceFullError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ
@@ -37,14 +38,6 @@ CHUNK_SAMPLES = 640  # 40 ms at 16 kHz: one frame of the 25 fps sample
 ANSWER_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 10.0
 
-
-def _wait_until(condition, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def sample_value(text: str, name: str, **labels: str) -> float:
@@ -159,7 +152,7 @@ def test_a_draining_server_refuses_new_streams_and_stops_running_ones_at_the_dea
     thread = threading.Thread(target=running)
     thread.start()
     try:
-        assert _wait_until(lambda: len(got) >= 5)
+        assert wait_until(lambda: len(got) >= 5)
         before = http.get("/metrics").text
         capacity.drain()
         drained = http.get("/readyz")
@@ -178,7 +171,7 @@ def test_a_draining_server_refuses_new_streams_and_stops_running_ones_at_the_dea
                 list(stub.StreamInference(iter([lipsync_legacy_pb2.InferenceRequest(model_name=MODEL)])))
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         reached = len(got)
-        assert _wait_until(lambda: len(got) >= reached + 5), "the running stream stopped when draining began"
+        assert wait_until(lambda: len(got) >= reached + 5), "the running stream stopped when draining began"
         after = http.get("/metrics").text
         assert sample_value(after, "lipsync_streams_refused_total", reason="draining") - \
             sample_value(before, "lipsync_streams_refused_total", reason="draining") == 2
