@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lipsync_cli.media.cache import crop_region
-from lipsync_cli.core.compositor import CHANGE_LEVEL, change_mask, composite, decode_region
+from lipsync_cli.core.compositor import CHANGE_LEVEL, change_mask, composite
+from lipsync_cli.rpc.client import decode_image
 from lipsync_cli.core.region import feather_mask
 
 
@@ -44,9 +45,9 @@ def test_no_visible_box_only_a_feathered_change():
 
 def test_invalid_images_and_bounds_leave_the_frame_untouched():
     frame = _frame()
-    assert decode_region(b"") is None and decode_region(b"not a jpeg") is None
+    assert decode_image(b"") is None and decode_image(b"not a jpeg") is None
     ok, rect = cv2.imencode(".jpg", np.zeros((100, 50, 3), np.uint8))
-    assert decode_region(rect.tobytes()) is None  # not square
+    assert decode_image(rect.tobytes()) is None  # not square
     region = np.zeros((320, 320, 3), np.uint8)
     for bad in [(np.nan, 0, 10, 10), (10, 10, 5, 5), (900, 700, 1000, 800), (0, 0, 1, 1), (1, 2, 3)]:
         out = frame.copy()

@@ -33,26 +33,6 @@ def change_mask(region: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return cv2.resize(blocks, (s, s), interpolation=cv2.INTER_LINEAR)
 
 
-def decode_region(jpeg: bytes) -> np.ndarray | None:
-    """A mouth-region JPEG as (S, S, 3) uint8 BGR, or None when it is missing or not a square image."""
-    if not jpeg:
-        return None
-    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if img is None or img.shape[0] != img.shape[1] or img.shape[0] < 16:
-        return None
-    return img
-
-
-def paste_reply(frame: np.ndarray, prediction_data: bytes, bounds, *, reference: np.ndarray | None = None) -> bool:
-    """Decode a service reply's mouth image and composite it into `frame` in place.
-
-    Returns False, with the frame untouched, when the image or its bounds are unusable (the caller
-    counts it as a fallback frame).
-    """
-    region = decode_region(prediction_data)
-    return region is not None and composite(frame, region, bounds, reference=reference)
-
-
 def valid_bounds(bounds, width: int, height: int) -> bool:
     """True for a finite [xmin, ymin, xmax, ymax] box of positive size that overlaps the frame."""
     b = np.asarray(bounds, np.float64)

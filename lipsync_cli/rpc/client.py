@@ -105,7 +105,7 @@ def _as_sent_16k(samples: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     return resample(mono, from_rate_hz=sample_rate_hz, to_rate_hz=SAMPLE_RATE_HZ)
 
 
-def _decode_image(jpeg: bytes) -> np.ndarray | None:
+def decode_image(jpeg: bytes) -> np.ndarray | None:
     """A reply's mouth JPEG as (S, S, 3) uint8 BGR; None when missing or not a square image >= MIN_IMAGE_PX."""
     if not jpeg:
         return None
@@ -124,7 +124,7 @@ def from_proto(reply: lipsync_pb2.MouthFrame) -> MouthFrame:
     """
     params = MouthParams(open=reply.mouth_open, wide=0.0, round=0.0, closed=reply.shape == CLOSED_SHAPE,
                          speech=reply.speech, shape=reply.shape)
-    return MouthFrame(index=reply.index, model_frame=reply.model_frame, image=_decode_image(reply.prediction_data),
+    return MouthFrame(index=reply.index, model_frame=reply.model_frame, image=decode_image(reply.prediction_data),
                       bounds=np.asarray(reply.bounds, np.float64), params=params,
                       captured_at_s=reply.captured_at_s)
 
