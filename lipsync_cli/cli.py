@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 import cv2  # noqa: F401  (cv2 before av in every process that may open a window)
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -330,6 +331,12 @@ def check(
                       f"{abs(report.offset_ms):.0f} ms to fix it", highlight=False)
 
 
+# typer 0.2x vendors its own click: its usage errors derive from that copy's ClickException, not from
+# the click package's, so both are caught (found by name in the MRO of an error typer raises)
+_USAGE_ERRORS = tuple({cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"}
+                      | {click.exceptions.ClickException})
+
+
 def main() -> None:
     """Entry point: run the app, turning our errors into one clear line and exit code 1."""
     try:
@@ -345,10 +352,6 @@ def main() -> None:
     except typer.Abort:
         console.print("[yellow]Aborted[/]")
         sys.exit(1)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except _USAGE_ERRORS as exc:  # an unknown option, a value out of range: click's usage message, no traceback
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -225,3 +225,15 @@ def test_frames_converted_ahead_encode_exactly_like_the_encoders_own_conversion(
     decoded = {name: list(iter_frames(tmp_path / f"{name}.mp4")) for name in ("encoder", "ahead")}
     assert len(decoded["encoder"]) == 6 and decoded["encoder"][0].shape == (96, 130, 3)
     assert all(np.array_equal(a, b) for a, b in zip(decoded["encoder"], decoded["ahead"]))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("render", "--bogus"), "No such option: --bogus"),
+    (("render", SAMPLE_SPEECH, "-o", "x.mp4", "--crf", "-5"), "Invalid value for '--crf'"),
+    (("serve", "--max-streams", "0"), "Invalid value for '--max-streams'"),
+])
+def test_usage_mistakes_get_clicks_message_and_no_traceback(args, needle, tmp_path):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == [], "a usage mistake writes nothing"
