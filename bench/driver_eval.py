@@ -190,10 +190,11 @@ def push_cost_us_per_frame(samples: np.ndarray, *, fps: Fraction) -> float:
     return (time.process_time() - start) / max(frames, 1) * 1e6
 
 
-def evaluate(samples: np.ndarray, *, fps: Fraction, phones: list[Phone] | None = None) -> dict[str, float]:
+def evaluate(samples: np.ndarray, *, fps: Fraction, phones: list[Phone] | None = None, phonetic: bool = False
+             ) -> dict[str, float]:
     """All the figures above for (n,) float32 mono 16 kHz speech."""
     phones = recognise_phones(samples) if phones is None else phones
-    params = drive(samples, fps=fps)
+    params = drive(samples, fps=fps, phonetic=phonetic)
     opens = np.array([p.open for p in params])
     closed = np.array([p.closed for p in params])
     labels_all = frame_phones(phones, len(params), fps=fps, middle_only=False)
@@ -201,7 +202,7 @@ def evaluate(samples: np.ndarray, *, fps: Fraction, phones: list[Phone] | None =
     steps = np.abs(np.diff(opens))
     silent = np.array([lab == SILENCE for lab in labels_mid])
     near_pbm = [any(lab in BILABIALS for lab in labels_all[max(0, i - 1):i + 2]) for i in np.flatnonzero(closed)]
-    quiet = np.array([p.open for p in drive(samples * np.float32(0.1), fps=fps)])
+    quiet = np.array([p.open for p in drive(samples * np.float32(0.1), fps=fps, phonetic=phonetic)])
     by_lag = judge_auc_by_lag(opens, labels_all)
     return {
         "auc": open_auc(opens, labels_all),
@@ -225,11 +226,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("wavs", nargs="*", type=Path, help="speech files (default: ../shared/data recordings)")
     parser.add_argument("--fps", type=Fraction, default=Fraction(25))
+    parser.add_argument("--phonetic", action="store_true", help="the render's phonetic driver (default: live's)")
     args = parser.parse_args()
     wavs = args.wavs or [SHARED_DATA / name for name in RECORDINGS]
     print(f"mouth driver at {args.fps} fps, lookahead {MouthDriver(fps=args.fps).lookahead_ms:.1f} ms")
     for path in wavs:
-        figures = evaluate(load_audio(path).samples, fps=args.fps)
+        figures = evaluate(load_audio(path).samples, fps=args.fps, phonetic=args.phonetic)
         print(f"{path.name}: " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in figures.items()))
 

@@ -8,18 +8,14 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lipsync_cli.core import driver
 from lipsync_cli.core.driver import (
     HOLD_MS,
-    MAX_LIP_ACCEL_PER_S2,
-    MAX_LIP_SPEED_PER_S,
-    NATURAL_HZ,
     REST,
-    Follower,
     FrameSmoother,
     MouthParams,
     frame_hops,
 )
+from lipsync_cli.core.motion import LIVE_MOTION, PHONETIC_MOTION, Follower, Motion
 from lipsync_cli.core.hops import (
     HANGOVER_MS,
     HOP_MS,
@@ -203,10 +199,11 @@ def test_high_and_low_centroids_spread_and_round_the_lips():
 
 # --- stage 3: frame smoother ----------------------------------------------------------------
 
-def smooth(targets: list[HopTarget], speech: list[bool] | None = None, *, fps: Fraction = Fraction(25)) -> list[MouthParams]:
+def smooth(targets: list[HopTarget], speech: list[bool] | None = None, *, fps: Fraction = Fraction(25),
+           motion: Motion = LIVE_MOTION) -> list[MouthParams]:
     """Run a smoother over per-hop targets (hop 0 on) and per-hop speech flags (default: all speech)."""
     speech = [True] * len(targets) if speech is None else speech
-    smoother, out = FrameSmoother(fps=fps), []
+    smoother, out = FrameSmoother(fps=fps, motion=motion), []
     for target in targets:
         smoother.add(target)
     while (hops := frame_hops(len(out), fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)).last < len(targets):
@@ -224,10 +221,11 @@ def random_targets(n_hops: int, *, seed: int, closure_rate: float = 0.0) -> list
     return out[:n_hops]
 
 
+@pytest.mark.parametrize("motion", [LIVE_MOTION, PHONETIC_MOTION], ids=["live", "phonetic"])
 @pytest.mark.parametrize("fps", [Fraction(25), Fraction(30000, 1001)], ids=str)
-def test_lips_move_within_the_speed_and_acceleration_limits(fps):
-    frames = smooth(random_targets(3000, seed=1), fps=fps)
-    step, accel = MAX_LIP_SPEED_PER_S / float(fps), MAX_LIP_ACCEL_PER_S2 / float(fps) ** 2
+def test_lips_move_within_the_speed_and_acceleration_limits(fps, motion):
+    frames = smooth(random_targets(3000, seed=1), fps=fps, motion=motion)
+    step, accel = motion.max_speed_per_s / float(fps), motion.max_accel_per_s2 / float(fps) ** 2
     moves = np.diff([(p.open, p.wide, p.round) for p in frames], axis=0)  # (frames - 1, 3)
     assert np.all(np.abs(moves).max(axis=0) <= step + 1e-9)
     assert np.all(np.abs(moves).max(axis=0) > step * 0.99)  # the targets do ask for more, of all three
@@ -251,7 +249,7 @@ def test_a_jump_of_the_target_is_followed_without_overshoot_and_settles():
     assert np.all(np.diff(rise) >= -1e-12) and rise.max() <= 0.6 + 1e-9  # critically damped: no overshoot
     steps = np.diff(rise)
     assert np.sum(steps > 1e-6) >= 3  # it travels over frames, not in one jump
-    settle_frames = int(np.ceil(2 / NATURAL_HZ * float(fps)))  # about two natural periods
+    settle_frames = int(np.ceil(2 / LIVE_MOTION.natural_hz * float(fps)))  # about two natural periods
     first_move = 5 + int(np.flatnonzero(steps > 1e-6)[0])
     assert opens[first_move + settle_frames] > 0.6 - 0.03
 
@@ -260,7 +258,7 @@ def test_only_closures_and_silence_are_faster_than_the_speed_limit():
     targets = random_targets(3000, seed=2, closure_rate=0.1)
     speech = [bool(x) for x in np.repeat(np.random.default_rng(3).random(100) < 0.8, 30)]
     frames = smooth(targets, speech)
-    step = MAX_LIP_SPEED_PER_S / 25
+    step = LIVE_MOTION.max_speed_per_s / 25
     fast = [b for a, b in zip(frames, frames[1:]) if abs(b.open - a.open) > step + 1e-9]
     assert fast  # the targets and the silences do jump
     assert all(p.closed or p == REST for p in fast)
@@ -293,16 +291,16 @@ def test_a_one_frame_closure_is_kept(closure_hops):
     assert [p.closed for p in frames[5:16]] == [i == 10 for i in range(5, 16)]
     assert frames[10].open == 0.0 and frames[10].shape == "A"
     assert frames[9].open < frames[8].open  # the lips were already on their way
-    assert 0.0 < frames[11].open <= MAX_LIP_SPEED_PER_S / fps + 1e-9  # and open again at lip speed
+    assert 0.0 < frames[11].open <= LIVE_MOTION.max_speed_per_s / fps + 1e-9  # and open again at lip speed
 
 
-def test_a_slow_follower_still_shuts_on_a_closure_and_rests_in_silence(monkeypatch):
-    monkeypatch.setattr(driver, "NATURAL_HZ", 1.0)  # a heavy jaw: seconds to settle
+def test_a_slow_follower_still_shuts_on_a_closure_and_rests_in_silence():
+    heavy_jaw = LIVE_MOTION._replace(natural_hz=1.0)  # seconds to settle
     fps = Fraction(25)
     centre = frame_hops(30, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ).centre
     targets = [HopTarget(0.8, 0.3, 0.0, False)] * 300
     targets[centre - 1:centre + 2] = [HopTarget(0.0, 0.3, 0.0, True)] * 3
-    frames = smooth(targets, [True] * 200 + [False] * 100, fps=fps)
+    frames = smooth(targets, [True] * 200 + [False] * 100, fps=fps, motion=heavy_jaw)
     assert frames[29].open > 0.2 and frames[30].closed and frames[30].open == 0.0
     assert [p.closed for p in frames[25:36]] == [i == 30 for i in range(25, 36)]
     first_silent = next(i for i in range(len(frames)) if not frames[i].speech)
@@ -327,7 +325,7 @@ def test_silence_is_rest_at_once():
 
 def test_lips_approach_a_closure_and_the_end_of_speech_over_two_frames():
     fps = Fraction(25)
-    step = MAX_LIP_SPEED_PER_S / fps
+    step = LIVE_MOTION.max_speed_per_s / fps
     centre = frame_hops(10, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ).centre
     half_open = HopTarget(0.3, 0.3, 0.0, False)  # within two steps of shut, more than one
     targets = [half_open] * 200

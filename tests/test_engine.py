@@ -36,6 +36,13 @@ def speech_16k() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clip(sample_model, generator, speech_16k) -> list[MouthFrame]:
+    """The clip with the live driver (from the spectrum), which a live stream must reproduce."""
+    return list(render_clip(sample_model, speech_16k, generator=generator, phonetic=False))
+
+
+@pytest.fixture(scope="module")
+def phonetic_clip(sample_model, generator, speech_16k) -> list[MouthFrame]:
+    """The clip a render gets (the phonetic driver), which an offline stream must reproduce."""
     return list(render_clip(sample_model, speech_16k, generator=generator))
 
 
@@ -86,7 +93,7 @@ def test_a_stream_in_any_chunks_gives_the_clips_frames(sample_model, generator, 
         pushed = resample(speech_16k, from_rate_hz=SAMPLE_RATE_HZ, to_rate_hz=rate_hz)
         whole = StreamResampler(from_rate_hz=rate_hz)
         as_16k = np.concatenate([whole.push(pushed), whole.flush()])
-        expected = list(render_clip(sample_model, as_16k, generator=generator))
+        expected = list(render_clip(sample_model, as_16k, generator=generator, phonetic=False))
     live = _live(sample_model, generator, pushed, rate_hz, chunk)
     # the own generator draws from the parameters alone, so even the images match
     _same_mouths(live, expected, over_the_wire=False)
@@ -98,7 +105,8 @@ def test_a_stream_in_any_chunks_gives_the_clips_frames(sample_model, generator, 
 
 def test_first_frame_shifts_the_model_frames_by_ping_pong(sample_model, generator, speech_16k, clip):
     first_frame = sample_model.n_frames - 10  # the clip crosses the turn of the loop
-    shifted = list(render_clip(sample_model, speech_16k, generator=generator, first_frame=first_frame))
+    shifted = list(render_clip(sample_model, speech_16k, generator=generator, first_frame=first_frame,
+                               phonetic=False))
     live = _live(sample_model, generator, speech_16k, SAMPLE_RATE_HZ, 640, first_frame=first_frame)
     expected = [ping_pong(first_frame + i, sample_model.n_frames) for i in range(len(clip))]
     assert [f.model_frame for f in shifted] == [f.model_frame for f in live] == expected
@@ -106,7 +114,26 @@ def test_first_frame_shifts_the_model_frames_by_ping_pong(sample_model, generato
     assert [f.params for f in shifted] == [f.params for f in clip], "where it is drawn does not change what is said"
 
 
-def test_render_clip_over_grpc_is_the_engines_clip(store, sample_model, generator, speech_16k, clip):
+@pytest.mark.parametrize("chunk", [37, 4410])
+def test_an_offline_stream_in_any_chunks_gives_the_rendered_clips_frames(sample_model, generator, speech_16k,
+                                                                        phonetic_clip, chunk):
+    engine = LiveEngine(sample_model, generator, offline=True)
+    frames = [f for i in range(0, len(speech_16k), chunk) for f in engine.push(speech_16k[i:i + chunk])]
+    _same_mouths(frames + engine.flush(), phonetic_clip, over_the_wire=False)
+
+
+def test_the_render_driver_shuts_the_lips_in_speech_and_rests_in_silence(phonetic_clip, clip):
+    # the phones say where P/B/M are; the gate, told where the phones are silence, where speech is
+    assert any(f.params.closed and f.speech for f in phonetic_clip)
+    speaking = [f.speech for f in phonetic_clip]
+    assert any(speaking) and not all(speaking)
+    assert all(f.params.open == 0.0 for f in phonetic_clip if not f.speech)
+    # silence the live driver hears is silence to the render's too (the render's may hear more)
+    assert all(not a.speech for a, b in zip(phonetic_clip, clip) if not b.speech)
+    assert [f.params.open for f in phonetic_clip] != [f.params.open for f in clip]
+
+
+def test_render_clip_over_grpc_is_the_engines_clip(store, sample_model, generator, speech_16k, phonetic_clip):
     server, port = create_server(store=store, generator=generator)
     try:
         with LipSyncClient(f"127.0.0.1:{port}") as client:
@@ -114,4 +141,4 @@ def test_render_clip_over_grpc_is_the_engines_clip(store, sample_model, generato
     finally:
         server.stop(grace=None)
     # over the wire: PCM16 audio, a JPEG image, float32 numbers
-    _same_mouths(remote, clip, over_the_wire=True)
+    _same_mouths(remote, phonetic_clip, over_the_wire=True)

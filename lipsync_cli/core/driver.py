@@ -51,12 +51,17 @@ from lipsync_cli.core.hops import (
     SpeechGate,
     TargetTracker,
 )
+from lipsync_cli.core.motion import LIVE_MOTION, PHONETIC_MOTION, Follower, Motion
+from lipsync_cli.core.phones import PHONE_SAMPLE_RATE_HZ, SILENCE, PhoneLabeller, is_phone, phone_target
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 from lipsync_cli.errors import AudioError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, check_samples
 
 ANTICIPATION_MS = 20  # a frame, from when it appears, shows the mouth of the sound this much later
 AHEAD_MS = 50  # audio analysed past a frame's sound time before the frame is decided
+PHONETIC_AHEAD_MS = 400  # the render's driver reads this far ahead: a wide-open mouth (open 1) takes
+# about as long to close at PHONETIC_MOTION's speed, so the lips reach a closure or the end of speech
+# in time instead of snapping shut
 LEAD_MS = 20  # the target a frame follows is centred this far past its sound time: lips shape a
 # sound before it is heard, and the follower below lags its target by about as much
 BLEND_BACK_MS = 40  # the coarticulation blend reads hops this far before its centre (and after it, all
@@ -64,12 +69,8 @@ BLEND_BACK_MS = 40  # the coarticulation blend reads hops this far before its ce
 DOMINANCE_DECAY_MS = 20  # a hop's pull on the blend falls e-fold over this distance from it
 DOMINANCE_OPEN = 2.0  # a hop at full opening pulls this much harder than a consonant (vowel nuclei dominate)
 DOMINANCE_CLOSURE = 6.0  # ... and a P/B/M closure this much harder: the lips must meet
-NATURAL_HZ = 7.0  # the critically damped follower's natural frequency (syllables come at 3-6 Hz)
-MAX_LIP_SPEED_PER_S = 4.0  # full ranges per second, for open, wide and round: 0.16 per 25 fps frame,
-# which keeps the 95th percentile step near a quarter of the range (people filmed talking: 0.20-0.35)
-MAX_LIP_ACCEL_PER_S2 = 200.0  # full ranges per second squared: a step changes by at most 0.32 per 25 fps frame
-SHUT_TARGET = 0.1  # a target under this means lips together (hops.CLOSED_BELOW_OPEN): the follower then
-LIPS_PRESS = 0.1  # aims this far past touching, so it gets there in finite time instead of creeping to 0
+
+
 HOLD_MS = 70  # a shape letter is held at least this long (closures and silence excepted)
 
 
@@ -94,10 +95,10 @@ class FrameHops(NamedTuple):
 
     centre: int  # the hop whose sound the frame shows: ANTICIPATION_MS after the frame appears
     next_centre: int  # the same for the next frame
-    last: int  # the latest hop the frame may read: AHEAD_MS past its centre
+    last: int  # the latest hop the frame may read: ahead_ms (AHEAD_MS live) past its centre
 
 
-def frame_hops(frame_index: int, *, fps: Fraction, sample_rate_hz: int) -> FrameHops:
+def frame_hops(frame_index: int, *, fps: Fraction, sample_rate_hz: int, ahead_ms: int = AHEAD_MS) -> FrameHops:
     """Which hops video frame `frame_index` reads, at this frame rate and sample rate."""
     hop = sample_rate_hz * HOP_MS // 1000
     anticipation = sample_rate_hz * ANTICIPATION_MS // 1000
@@ -106,49 +107,7 @@ def frame_hops(frame_index: int, *, fps: Fraction, sample_rate_hz: int) -> Frame
         return (first_sample_of_frame(i, fps=fps, sample_rate_hz=sample_rate_hz) + anticipation) // hop
 
     c = centre(frame_index)
-    return FrameHops(c, centre(frame_index + 1), c + AHEAD_MS // HOP_MS)
-
-
-class Follower:
-    """A critically damped second-order follower of one mouth parameter, one step per video frame.
-
-    Two equal first-order lags in a row (a double pole at exp(-2 pi NATURAL_HZ / fps)): the
-    response to a jump of the target builds up speed, never overshoots, and settles in about
-    1 / NATURAL_HZ. On top, the step per frame is kept within max_step, the change of step within
-    max_accel, and the speed toward the target within what max_accel can stop before it, so
-    neither speed nor acceleration exceeds a lip's whatever the targets do. The value stays in
-    0..1; a target under SHUT_TARGET is aimed LIPS_PRESS past 0, and reaching 0 stops it there
-    (lips meeting stop each other: the one place the acceleration limit gives way).
-    """
-
-    def __init__(self, *, pole: float, max_step: float, max_accel: float) -> None:
-        self.pole, self.max_step, self.max_accel = pole, max_step, max_accel
-        self.intent = self.value = self.step = 0.0  # first lag, output, last step
-
-    def follow(self, target: float, *, brake: bool = False) -> float:
-        """One frame toward target; brake: the acceleration limit is lifted (lips about to shut)."""
-        if target < SHUT_TARGET:
-            target = -LIPS_PRESS
-        self.intent = self.pole * self.intent + (1 - self.pole) * target
-        wanted = self.pole * self.value + (1 - self.pole) * self.intent - self.value
-        if not brake:
-            # no faster toward the target than lets it stop there at max_accel, then the acceleration limit
-            reach = math.sqrt(2 * self.max_accel * abs(target - self.value))
-            wanted = min(max(wanted, -reach), reach)
-            wanted = min(max(wanted, self.step - self.max_accel), self.step + self.max_accel)
-        self.step = min(max(wanted, -self.max_step), self.max_step)
-        value = self.value + self.step
-        if not 0.0 <= value <= 1.0:  # the lips meet (or the jaw is at its widest): they stop there
-            value = min(max(value, 0.0), 1.0)
-            self.step = value - self.value
-            self.intent = min(max(self.intent, 0.0), 1.0)
-        self.value = value
-        return self.value
-
-    def stop_at(self, value: float) -> None:
-        """Put the parameter at `value`, at rest (a closure, silence)."""
-        self.intent = self.value = value
-        self.step = 0.0
+    return FrameHops(c, centre(frame_index + 1), c + ahead_ms // HOP_MS)
 
 
 class FrameSmoother:
@@ -163,15 +122,15 @@ class FrameSmoother:
     same way, and silence is REST at once. Shape letters are held at least HOLD_MS.
     """
 
-    def __init__(self, *, fps: Fraction) -> None:
+    def __init__(self, *, fps: Fraction, motion: Motion = LIVE_MOTION) -> None:
         self.lead_hops = LEAD_MS // HOP_MS
         self.back_hops = BLEND_BACK_MS // HOP_MS
         self.decay_hops = DOMINANCE_DECAY_MS / HOP_MS
         self.hold_frames = max(1, math.ceil(HOLD_MS / 1000 * float(fps)))
         rate = float(fps)
-        pole = math.exp(-2 * math.pi * NATURAL_HZ / rate)
-        self.followers = [Follower(pole=pole, max_step=MAX_LIP_SPEED_PER_S / rate,
-                                   max_accel=MAX_LIP_ACCEL_PER_S2 / rate ** 2) for _ in range(3)]
+        pole = math.exp(-2 * math.pi * motion.natural_hz / rate)
+        self.followers = [Follower(pole=pole, max_step=motion.max_speed_per_s / rate,
+                                   max_accel=motion.max_accel_per_s2 / rate ** 2) for _ in range(3)]
         # the hops before the audio starts are silence, so the first frames see a full window
         pad = self.back_hops + 1
         self.targets: HopSeries[HopTarget] = HopSeries(first=-pad, values=[SILENT_TARGET] * pad)
@@ -182,10 +141,13 @@ class FrameSmoother:
         """The next hop's target (hops come in order, from hop 0)."""
         self.targets.append(target)
 
-    def frame(self, hops: FrameHops, *, speech: bool, next_speech: bool) -> MouthParams:
+    def frame(self, hops: FrameHops, *, speech: bool, next_speech: bool, shut_in: int | None = None
+              ) -> MouthParams:
         """The next frame's mouth; the targets of hops up to hops.last must have been added.
 
         speech / next_speech: whether speech is on at this frame's centre hop and the next's.
+        shut_in: when known (a driver reading far ahead), the lips shut that many frames from now
+        (a closure, the end of speech): the opening is kept within what lip speed can close by then.
         """
         k, k_next, last_hop = hops
         # later frames read no hop before their own window, nor before their closure test
@@ -196,10 +158,12 @@ class FrameSmoother:
                 f.stop_at(0.0)
             self._hold_shape("X")
             return REST
-        target, wide, round_ = self._blend(k + self.lead_hops, last_hop)
-        closed = self._closure_at(k)
+        target, wide, round_ = self._blend(k + self.lead_hops, min(last_hop, k + AHEAD_MS // HOP_MS))
+        closed = self.closure_at(k)
         # the next frame shuts the lips (a closure, the end of speech) and its audio is already here
-        next_shut = k_next + 1 <= last_hop and (not next_speech or self._closure_at(k_next))
+        next_shut = k_next + 1 <= last_hop and (not next_speech or self.closure_at(k_next))
+        if shut_in is not None:
+            target = min(target, (shut_in - 1) * open_f.max_step)
         wide_f.follow(wide)
         round_f.follow(round_)
         if closed:
@@ -222,7 +186,7 @@ class FrameSmoother:
             weight_sum += w
         return open_ / weight_sum, wide / weight_sum, round_ / weight_sum
 
-    def _closure_at(self, hop: int) -> bool:
+    def closure_at(self, hop: int) -> bool:
         """Lips shut around this hop: most of the three hops centred on it say so."""
         return sum(self.targets[k].closure for k in range(hop - 1, hop + 2)) >= 2
 
@@ -253,9 +217,12 @@ class MouthDriver:
 
     fps: output video frame rate (exact, e.g. Fraction(30000, 1001)).
     sample_rate_hz: rate of the pushed samples; a multiple of 100 Hz, at least 16 kHz.
+    phonetic: the hop targets come from the phones heard (core/phones.py) instead of the spectrum
+    (TargetTracker); needs 16 kHz, and a frame waits for the phone segment around it (up to
+    5 minutes of audio): for renders, not live.
     """
 
-    def __init__(self, *, fps: Fraction, sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
+    def __init__(self, *, fps: Fraction, sample_rate_hz: int = SAMPLE_RATE_HZ, phonetic: bool = False) -> None:
         fps = Fraction(fps)
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -264,12 +231,18 @@ class MouthDriver:
                 f"the mouth driver needs at least {SAMPLE_RATE_HZ} Hz in whole hundreds, got {sample_rate_hz} Hz:"
                 " resample first (lipsync_cli.media.audio.resample)"
             )
+        if phonetic and sample_rate_hz != PHONE_SAMPLE_RATE_HZ:
+            raise AudioError(f"the phonetic mouth driver needs {PHONE_SAMPLE_RATE_HZ} Hz, got {sample_rate_hz} Hz")
         self.fps = fps
         self.sample_rate_hz = sample_rate_hz
+        self.labeller = PhoneLabeller() if phonetic else None
+        self.labels: HopSeries[str] = HopSeries(first=0)  # phonetic: the label of each hop labelled so far
+        self.hops_in = 0  # analysed
         self.analyser = HopAnalyser(sample_rate_hz)
         self.gate = SpeechGate()
         self.tracker = TargetTracker()
-        self.smoother = FrameSmoother(fps=fps)
+        self.smoother = FrameSmoother(fps=fps, motion=PHONETIC_MOTION if phonetic else LIVE_MOTION)
+        self.ahead_ms = PHONETIC_AHEAD_MS if phonetic else AHEAD_MS
         self.samples_in = 0  # pushed
         self.samples_fed = 0  # pushed, plus the silence flush adds
         self.frames_out = 0
@@ -281,12 +254,12 @@ class MouthDriver:
         # hop's analysis reach, and frame i is at least this many samples long
         shortest_frame = self.sample_rate_hz * self.fps.denominator // self.fps.numerator
         anticipation = self.sample_rate_hz * ANTICIPATION_MS // 1000
-        ahead = AHEAD_MS // HOP_MS * self.analyser.hop
+        ahead = self.ahead_ms // HOP_MS * self.analyser.hop
         worst = anticipation + ahead + self.analyser.reach - shortest_frame
         return 1000 * worst / self.sample_rate_hz
 
     def _frame_hops(self, frame_index: int) -> FrameHops:
-        return frame_hops(frame_index, fps=self.fps, sample_rate_hz=self.sample_rate_hz)
+        return frame_hops(frame_index, fps=self.fps, sample_rate_hz=self.sample_rate_hz, ahead_ms=self.ahead_ms)
 
     def push(self, samples: np.ndarray) -> list[MouthParams]:
         """Feed (n,) float32 mono samples at sample_rate_hz (any n, 0 too); return newly decided frames."""
@@ -295,22 +268,46 @@ class MouthDriver:
             raise AudioError(f"the mouth driver takes mono (n,) samples, got shape {samples.shape}")
         check_samples(samples, what="audio pushed to the mouth driver")
         self.samples_in += len(samples)
+        if self.labeller is not None:
+            samples = self._labelled(*self.labeller.push(samples))
         return self._feed(samples, frame_count(self.samples_in, fps=self.fps, sample_rate_hz=self.sample_rate_hz))
 
     def flush(self) -> list[MouthParams]:
         """End of audio: return the remaining frames (audio past the end counts as silence)."""
         total = frame_count(self.samples_in, fps=self.fps, sample_rate_hz=self.sample_rate_hz)
+        out = []
+        if self.labeller is not None:
+            out = self._feed(self._labelled(*self.labeller.flush()), total)
         if self.frames_out >= total:
-            return []
+            return out
         needed = self.analyser.samples_needed(self._frame_hops(total - 1).last)
-        return self._feed(np.zeros(max(0, needed - self.samples_fed), dtype=np.float32), total)
+        return out + self._feed(np.zeros(max(0, needed - self.samples_fed), dtype=np.float32), total)
+
+    def _labelled(self, samples: np.ndarray, labels: list[str]) -> np.ndarray:
+        for label in labels:
+            self.labels.append(label)
+        return samples
+
+    def _label(self) -> str | None:
+        """Phonetic: the label of the hop being analysed (None: the live driver has none)."""
+        if self.labeller is None:
+            return None
+        index = self.hops_in
+        label = self.labels[index] if index < self.labels.end else SILENCE  # past the end: the flush's silence
+        self.labels.forget_before(index)
+        return label
 
     def _feed(self, samples: np.ndarray, total_frames: int) -> list[MouthParams]:
         """Run the chain: hops through the gate and the tracker, then every frame now decidable."""
         self.samples_fed += len(samples)
         for hop in self.analyser.feed(samples):
-            loud = self.gate.push(hop.hop_db)
-            self.smoother.add(self.tracker.step(hop, loud=loud))
+            label = self._label()
+            # stages 1 and 2; phonetic: a hop the labeller heard as silence or noise is no speech,
+            # and the target comes from the phone instead of the spectrum
+            loud = self.gate.push(hop.hop_db, voice=label is None or is_phone(label))
+            target = self.tracker.step(hop, loud=loud)
+            self.smoother.add(target if label is None else phone_target(label))
+            self.hops_in += 1
         out = []
         while self.frames_out < total_frames:
             hops = self._frame_hops(self.frames_out)
@@ -325,11 +322,23 @@ class MouthDriver:
         settled = self.gate.settled_through(hops.last)
         speech = self.gate.speech_on(hops.centre)
         next_speech = self.gate.speech_on(hops.next_centre, seen_through=settled)
+        shut_in = self._shut_in(hops, settled) if self.ahead_ms > AHEAD_MS else None
         self.gate.forget_before(hops.centre)  # later frames ask about later hops only
-        return self.smoother.frame(hops, speech=speech, next_speech=next_speech)
+        return self.smoother.frame(hops, speech=speech, next_speech=next_speech, shut_in=shut_in)
+
+    def _shut_in(self, hops: FrameHops, settled: int) -> int | None:
+        """In how many frames the lips shut (silence or a closure), among those the audio read so far tells."""
+        for ahead in range(2, self.fps.numerator):  # the next frame is the smoother's own business
+            centre = self._frame_hops(self.frames_out + ahead).centre
+            if centre > settled or centre + 1 > hops.last:
+                return None
+            if not self.gate.speech_on(centre, seen_through=centre) or self.smoother.closure_at(centre):
+                return ahead
+        return None
 
 
-def drive(samples: np.ndarray, *, fps: Fraction, sample_rate_hz: int = SAMPLE_RATE_HZ) -> list[MouthParams]:
+def drive(samples: np.ndarray, *, fps: Fraction, sample_rate_hz: int = SAMPLE_RATE_HZ, phonetic: bool = False
+          ) -> list[MouthParams]:
     """Mouth parameters for a whole clip: (n,) float32 mono at sample_rate_hz -> frame_count(n) frames."""
-    driver = MouthDriver(fps=fps, sample_rate_hz=sample_rate_hz)
+    driver = MouthDriver(fps=fps, sample_rate_hz=sample_rate_hz, phonetic=phonetic)
     return driver.push(samples) + driver.flush()

@@ -97,16 +97,18 @@ def frames_for(model: Model, generator: MouthGenerator, params: Iterable[MouthPa
         yield maker.make(i, frame_params, audio_window(mono, 0, centre))
 
 
-def render_clip(model: Model, samples: np.ndarray, *, generator: MouthGenerator, first_frame: int = 0
-                ) -> Iterator[MouthFrame]:
+def render_clip(model: Model, samples: np.ndarray, *, generator: MouthGenerator, first_frame: int = 0,
+                phonetic: bool = True) -> Iterator[MouthFrame]:
     """Every output frame of a whole clip, in order.
 
     samples: (n,) float32 mono at SAMPLE_RATE_HZ. first_frame: where in the model video's
-    ping-pong loop the clip starts. Yields `frame_count(n)` frames, lazily.
+    ping-pong loop the clip starts. Yields `frame_count(n)` frames, lazily. phonetic: the mouth
+    follows the phones heard (a render's driver); False: the live driver, from the spectrum alone.
     """
     samples = np.asarray(samples, dtype=np.float32)
     check_samples(samples, what="the audio")
-    return frames_for(model, generator, drive(samples, fps=model.fps), samples, first_frame=first_frame)
+    params = drive(samples, fps=model.fps, phonetic=phonetic)
+    return frames_for(model, generator, params, samples, first_frame=first_frame)
 
 
 class LiveEngine:
@@ -117,14 +119,15 @@ class LiveEngine:
     that has not arrived yet is zeros in its generator window. offline: a frame waits until its
     whole generator window has arrived (or the stream ends), so a stream gives exactly the frames
     `render_clip` gives for its audio, with generators that look at the audio too (a streamed
-    render); later by up to half a window (100 ms).
+    render); later by up to half a window (100 ms), and its mouth follows the phones heard (the
+    render's phonetic driver: frames come a phone segment at a time, up to 5 minutes of audio).
     """
 
     def __init__(self, model: Model, generator: MouthGenerator, *, sample_rate_hz: int = SAMPLE_RATE_HZ,
                  first_frame: int = 0, offline: bool = False):
         self.fps = model.fps
         self.resampler = StreamResampler(from_rate_hz=sample_rate_hz)
-        self.driver = MouthDriver(fps=model.fps)
+        self.driver = MouthDriver(fps=model.fps, phonetic=offline)
         self.maker = _FrameMaker(model, generator.open_stream(model), first_frame)
         self.next_index = 0
         # recent SAMPLE_RATE_HZ audio for the generator's window: samples `history_start` on

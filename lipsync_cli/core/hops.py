@@ -220,9 +220,15 @@ class SpeechGate:
         # per settled hop: the latest speech hop at or before it (-inf: none yet)
         self.last_speech: HopSeries[float] = HopSeries(first=0)
 
-    def push(self, hop_db: float) -> bool:
-        """Take the next hop's level (dB); return whether it is loud (the hop targets need it at once)."""
-        loud = hop_db > max(self._noise_floor_db(hop_db) + GATE_MARGIN_DB, SILENCE_FLOOR_DBFS)
+    def push(self, hop_db: float, *, voice: bool = True) -> bool:
+        """Take the next hop's level (dB); return whether it is loud (the hop targets need it at once).
+
+        voice: False when something else already knows the hop is no speech (the phone labeller
+        heard silence or noise there): it is then not loud, whatever its level, which still
+        counts for the noise floor.
+        """
+        floor_db = self._noise_floor_db(hop_db)
+        loud = voice and hop_db > max(floor_db + GATE_MARGIN_DB, SILENCE_FLOOR_DBFS)
         self.run_hops = self.run_hops + 1 if loud else 0
         self.recent_runs.append(self.run_hops)
         self.hops_in += 1

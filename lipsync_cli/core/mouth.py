@@ -32,7 +32,7 @@ from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
-DEFAULT_MAX_OPEN = 0.36  # a full opening (gap / eye distance) for a person whose video never opens;
+DEFAULT_MAX_OPEN = 0.42  # a full opening (gap / eye distance) for a person whose video never opens;
 # the driver's `open` reaches about 0.65 of it on stressed vowels (its p95), a moderate speaking mouth
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video
 SPEECH_MIN_OPEN = 0.15  # in speech the lips stay this share of the range apart (they rest only in silence)...
@@ -161,20 +161,28 @@ class OwnMouthStream:
         share = SPEECH_MIN_OPEN * float(smoothstep(params.open / SPEECH_FLOOR_RAMP)) + (1 - SPEECH_MIN_OPEN) * params.open
         return p.rest_open + share * (p.max_open - p.rest_open)
 
-    def choose_source(self, base: int, target: float, target_width: float) -> int:
-        """The model frame whose mouth best matches, near the base frame's pose, continuing the last pick."""
+    def choose_source(self, base: int, target: float, target_width: float, *, speech: bool = True) -> int:
+        """The model frame whose mouth best matches, near the base frame's pose, continuing the last pick.
+
+        speech: False in silence, where the mouth rests: only frames at rest (within REST_SLACK)
+        are picked or followed, so a half-open talking frame never lingers, warped shut.
+        """
         p = self.p
         if not p.talking:
             return base
         span = max(p.max_open - p.rest_open, MIN_RANGE)
+        tolerance = MATCH_TOLERANCE * span if speech else REST_SLACK
         prev = self.prev_source
         if prev is not None:
             nxt = min(prev + 1, self.model.n_frames - 1)
             for cand in (nxt, prev):
-                if (abs(p.open[cand] - target) / span < MATCH_TOLERANCE and not self._drawn(cand, target)
+                if (abs(p.open[cand] - target) < tolerance and not self._drawn(cand, target)
                         and np.abs(p.pose[cand] - p.pose[base]).sum() < FOLLOW_MAX_POSE_CHANGE):
                     return int(cand)
         c = p.candidates
+        if not speech:  # a resting mouth comes from a frame at rest, not from one warped shut
+            resting = c[p.open[c] <= p.rest_open + REST_SLACK]
+            c = resting if len(resting) else c
         cost = (np.abs(p.open[c] - target) / span
                 + WIDTH_WEIGHT * np.abs(p.width[c] - target_width) / p.width_span
                 + POSE_WEIGHT * np.abs(p.pose[c] - p.pose[base]).sum(axis=1))
@@ -207,7 +215,7 @@ class OwnMouthStream:
             return MouthImage(base_img, bounds)
         target = self.target_open(params)
         target_w = p.rest_width * (1 + WIDE_WIDTH_GAIN * params.wide - ROUND_WIDTH_LOSS * params.round)
-        s = self.choose_source(b, target, target_w)
+        s = self.choose_source(b, target, target_w, speech=params.speech)
         self.prev_source = s
         base_pts = p.region_pts[b]
         if s == b:

@@ -149,7 +149,7 @@ class _Clip:
         """Frame `index`, rendering the frames before it first where not done yet; None past the clip's end."""
         with self._lock:
             if self.params is None:
-                self.params = drive(self.mono, fps=self.model.fps)
+                self.params = drive(self.mono, fps=self.model.fps, phonetic=True)
                 self._start()
             if index >= len(self.params):
                 return None
