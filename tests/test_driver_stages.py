@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lipsync_cli.core.driver import (
+    AHEAD_MS,
     HOLD_MS,
     REST,
     FrameSmoother,
@@ -200,13 +201,13 @@ def test_high_and_low_centroids_spread_and_round_the_lips():
 # --- stage 3: frame smoother ----------------------------------------------------------------
 
 def smooth(targets: list[HopTarget], speech: list[bool] | None = None, *, fps: Fraction = Fraction(25),
-           motion: Motion = LIVE_MOTION) -> list[MouthParams]:
+           motion: Motion = LIVE_MOTION, ahead_ms: int = AHEAD_MS) -> list[MouthParams]:
     """Run a smoother over per-hop targets (hop 0 on) and per-hop speech flags (default: all speech)."""
     speech = [True] * len(targets) if speech is None else speech
     smoother, out = FrameSmoother(fps=fps, motion=motion), []
     for target in targets:
         smoother.add(target)
-    while (hops := frame_hops(len(out), fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)).last < len(targets):
+    while (hops := frame_hops(len(out), fps=fps, sample_rate_hz=SAMPLE_RATE_HZ, ahead_ms=ahead_ms)).last < len(targets):
         out.append(smoother.frame(hops, speech=speech[hops.centre], next_speech=speech[hops.next_centre]))
     return out
 
@@ -280,6 +281,10 @@ def test_shapes_are_held_at_least_hold_ms():
     assert min(runs) / fps >= Fraction(HOLD_MS, 1000)
 
 
+HEARS_NEXT_FRAME_MS = 50  # a smoother reading this far ahead at 25 fps hears the next frame's closure
+# (the live driver reads less and does not; the render's driver reads more, see test_phones.py)
+
+
 @pytest.mark.parametrize("closure_hops", [(-1, 0, 1), (0, 1)])
 def test_a_one_frame_closure_is_kept(closure_hops):
     fps = Fraction(25)
@@ -287,7 +292,7 @@ def test_a_one_frame_closure_is_kept(closure_hops):
     targets = [HopTarget(0.8, 0.3, 0.0, False)] * 100
     for k in closure_hops:  # most of the three hops around frame 10's centre
         targets[centre + k] = HopTarget(0.0, 0.3, 0.0, True)
-    frames = smooth(targets, fps=fps)
+    frames = smooth(targets, fps=fps, ahead_ms=HEARS_NEXT_FRAME_MS)
     assert [p.closed for p in frames[5:16]] == [i == 10 for i in range(5, 16)]
     assert frames[10].open == 0.0 and frames[10].shape == "A"
     assert frames[9].open < frames[8].open  # the lips were already on their way
@@ -330,7 +335,7 @@ def test_lips_approach_a_closure_and_the_end_of_speech_over_two_frames():
     half_open = HopTarget(0.3, 0.3, 0.0, False)  # within two steps of shut, more than one
     targets = [half_open] * 200
     targets[centre - 1:centre + 2] = [HopTarget(0.0, 0.3, 0.0, True)] * 3
-    frames = smooth(targets, [True] * 100 + [False] * 100, fps=fps)
+    frames = smooth(targets, [True] * 100 + [False] * 100, fps=fps, ahead_ms=HEARS_NEXT_FRAME_MS)
     assert frames[8].open > step and frames[9].open <= step + 1e-9 and frames[10].closed
     last_spoken = max(i for i, p in enumerate(frames) if p.speech)
     assert frames[last_spoken - 2].open > step and frames[last_spoken].open <= step + 1e-9

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lipsync_cli.core.driver import MouthParams
-from lipsync_cli.core.mouth import SPEECH_FLOOR_RAMP, OwnMouthGenerator
+from lipsync_cli.core.mouth import LIPS_MEET_OPEN, SPEECH_FLOOR_RAMP, OwnMouthGenerator
 from lipsync_cli.core.warp import warp_lips
 from lipsync_cli.media import face as F
 from test_warp import Mouth, vertical_shift
@@ -83,18 +83,20 @@ def test_the_chin_and_jawline_drop_with_the_opening(sample_model, open_):
 
 def test_pbm_closures_and_a_near_zero_opening_render_shut_and_vowels_open(sample_model):
     """The lips stay a little apart through speech, but not where the driver closes them: a P/B/M
-    closure is pressed shut, a near-zero `open` (a closure the driver did not mark) is at rest, and an
-    open vowel is well open."""
+    closure and a near-zero `open` (lips meeting) have the lips together as at rest (the base frame's
+    own resting mouth where it rests: the same mouth as in silence), and an open vowel is well open."""
     stream = OwnMouthGenerator().open_stream(sample_model)
     p = stream.p
     span = p.max_open - p.rest_open
     pressed = MouthParams(0.0, 0.0, 0.0, True, True, "A")
-    assert stream.target_open(pressed) <= p.rest_open
+    assert stream.target_open(pressed) == stream.target_open(speaking(0.01)) == p.rest_open
+    resting = int(np.argmin(p.open))
+    assert stream.target_open(pressed, resting) == pytest.approx(p.open[resting])
     assert stream.target_open(speaking(0.0)) == pytest.approx(p.rest_open)
     assert stream.target_open(speaking(0.02)) < p.rest_open + 0.05 * span
     assert stream.target_open(speaking(0.15)) >= p.rest_open + 0.15 * span  # mid-speech: apart
     assert stream.target_open(speaking(0.7)) > p.rest_open + 0.6 * span
-    # and the rendered region of a closure is the model's own closed mouth, the lips pressed a little
+    # and the rendered region of a closure is the model's own closed mouth
     closed = stream.render(model_frame=FRAME, params=pressed).image.astype(np.float32)
     own = sample_model.region(FRAME).astype(np.float32)
     assert np.abs(closed - own).mean() < 4.0
@@ -107,6 +109,7 @@ def test_the_wanted_gap_rises_smoothly_and_monotonically_with_open(sample_model)
     opens = np.linspace(0.0, 1.0, 201)
     gaps = np.array([stream.target_open(speaking(float(o))) for o in opens])
     steps = np.diff(gaps)
-    assert (steps > 0).all()
+    rising = opens[1:] > LIPS_MEET_OPEN  # below it the lips are together, as at rest
+    assert (steps[rising] > 0).all() and (steps[~rising] >= 0).all()
     past_floor = opens[1:] > 2 * SPEECH_FLOOR_RAMP  # below the ramp the lips part quickly from rest
     assert steps[past_floor].max() < 1.5 * steps[past_floor].min()

@@ -32,13 +32,18 @@ from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
-DEFAULT_MAX_OPEN = 0.42  # a full opening (gap / eye distance) for a person whose video never opens;
+DEFAULT_MAX_OPEN = 0.45  # a full opening (gap / eye distance) for a person whose video never opens;
 # the driver's `open` reaches about 0.65 of it on stressed vowels (its p95), a moderate speaking mouth
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video
 SPEECH_MIN_OPEN = 0.15  # in speech the lips stay this share of the range apart (they rest only in silence)...
 SPEECH_FLOOR_RAMP = 0.15  # ...once the driver's `open` passes this; below it they close to rest (P/B/M, pauses)
-PRESSED_OPEN = 0.004  # the inner-lip gap of lips pressed together for P/B/M
+LIPS_MEET_OPEN = 0.02  # in speech, a driver's `open` under this has the lips together (closing for a
+# closure or the end of an utterance), as relaxed as at rest: P/B/M lips pressed past the video's
+# own rest read as more closed than silence, and silence must be the most closed the mouth gets
 REST_SLACK = 0.012  # a base frame this close to the rest gap counts as at rest
+SILENT_SLACK = 0.003  # in silence a base frame this close to the rest gap is sent untouched; one further
+# from it (a still's animation wanders by up to REST_SLACK) has its lips brought to the rest gap, so the
+# mouth in silence is as closed as it ever gets, and never more open than on a P/B/M closure
 SWITCH_PENALTY = 0.12  # cost of jumping to a non-adjacent source frame, in units of the open range
 POSE_WEIGHT = 2.0  # cost per unit of head-pose difference (nose offset / eye distance)
 MATCH_TOLERANCE = 0.18  # keep following the previous source while within this share of the range
@@ -151,13 +156,17 @@ class OwnMouthStream:
         self.model, self.p = model, profile
         self.prev_source: int | None = None
 
-    def target_open(self, params: MouthParams) -> float:
-        """The wanted inner-lip gap (over eye distance) for these parameters."""
+    def target_open(self, params: MouthParams, base: int | None = None) -> float:
+        """The wanted inner-lip gap (over eye distance) for these parameters, drawn on model frame
+        `base` (when known: lips together look as that frame shows them at rest)."""
         p = self.p
-        if params.closed:
-            return min(p.rest_open, PRESSED_OPEN)
         if not params.speech:
             return p.rest_open
+        if params.closed or params.open < LIPS_MEET_OPEN:
+            # lips together as at rest: when the base frame rests, as it shows them (the same
+            # mouth as in silence), else the video's rest
+            at_rest = base is not None and p.open[base] <= p.rest_open + REST_SLACK
+            return float(p.open[base]) if at_rest else p.rest_open
         share = SPEECH_MIN_OPEN * float(smoothstep(params.open / SPEECH_FLOOR_RAMP)) + (1 - SPEECH_MIN_OPEN) * params.open
         return p.rest_open + share * (p.max_open - p.rest_open)
 
@@ -209,11 +218,10 @@ class OwnMouthStream:
         b = int(model_frame)
         bounds = model.mouth_bounds[b]
         base_img = model.region(b)
-        at_rest = p.open[b] <= p.rest_open + REST_SLACK
-        if not params.speech and at_rest:
+        if not params.speech and p.open[b] <= p.rest_open + SILENT_SLACK:
             self.prev_source = None
             return MouthImage(base_img, bounds)
-        target = self.target_open(params)
+        target = self.target_open(params, b)
         target_w = p.rest_width * (1 + WIDE_WIDTH_GAIN * params.wide - ROUND_WIDTH_LOSS * params.round)
         s = self.choose_source(b, target, target_w, speech=params.speech)
         self.prev_source = s
