@@ -10,6 +10,7 @@ import pytest
 
 from conftest import SPEECH_16K, shared
 from lipsync_cli.core.driver import MouthDriver, drive
+from lipsync_cli.core.motion import PHONETIC_MOTION
 from lipsync_cli.core.phones import PHONE_TARGETS, SILENCE, PhoneLabeller, phone_target, recognise_hops
 from lipsync_cli.errors import AudioError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
@@ -74,3 +75,15 @@ def test_the_phonetic_driver_gives_the_same_frames_in_any_chunks(speech):
 def test_the_phonetic_driver_needs_16k():
     with pytest.raises(AudioError, match="16000 Hz"):
         MouthDriver(fps=Fraction(25), sample_rate_hz=48_000, phonetic=True)
+
+
+def test_the_render_driver_brings_the_lips_to_each_closure_and_pause_at_lip_speed(speech):
+    # it reads far enough ahead to start closing in time: no snap from open to shut
+    params = drive(speech, fps=Fraction(25), phonetic=True)
+    step = PHONETIC_MOTION.max_speed_per_s / 25
+    opens = np.array([p.open for p in params])
+    shut = np.array([p.closed or not p.speech for p in params])
+    into_shut = [i for i in range(1, len(params)) if shut[i] and not shut[i - 1]]
+    assert len(into_shut) >= 5
+    assert all(opens[i - 1] <= step + 1e-9 for i in into_shut), [round(opens[i - 1], 3) for i in into_shut]
+    assert np.abs(np.diff(opens)).max() <= step + 1e-9
