@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 
 
@@ -23,6 +24,7 @@ from lipsync_cli.core.compositor import composite
 from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
+from lipsync_cli.defaults import OPENCV_THREADS
 from lipsync_cli.errors import AudioError, ServiceError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, aac_rate_for, load_audio, resample
 from lipsync_cli.media.store import Model, ModelStore
@@ -116,6 +118,7 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
     progress = report(progress)
     output = Path(output)
     check_output_path(output)
+    cv2.setNumThreads(OPENCV_THREADS)
     clip = load_audio(audio_path)
     model, name = store.open(options.model)
     if len(clip.samples) < first_sample_of_frame(1, fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ):
