@@ -18,7 +18,7 @@ import { connectRealtime } from "./realtime_client.js";
 const FRAME_LOG_LENGTH = 2000; // >= the 1,000 the debug surface promises
 // the agent's voice is heard this long after it arrives: the round trip to the engine (the
 // driver's look-ahead, a JPEG each way) fits in it, and the mouth is then on time, not late
-const AGENT_PLAYBACK_DELAY_S = 0.12;
+const AGENT_PLAYBACK_DELAY_S = 0.1;
 // a busy server or CPU makes frames miss their audio: then the voice is delayed a step more (a
 // jitter buffer), up to the most a conversation tolerates
 const LATE_FRAMES_TO_GROW = 3; // late frames within LATE_WINDOW_S that grow the delay
