@@ -14,6 +14,7 @@ and whether 300 renders in one process leak (issue 14, item 4).
 
     python bench/soak.py                    # the full run: ramp, 10 min, 300 renders (~25 min here)
     python bench/soak.py --minutes 2 --renders 50
+    python bench/soak.py --streams 4 --renders 0     # hold 4 streams for 10 min, no ramp
 
 Clients run in this process on raw stubs (no JPEG decoding), so they cost the server's machine
 as little as they can; on a machine shared with other work the figures are lower bounds.
@@ -127,14 +128,14 @@ def summary(streams: list[Stream]) -> tuple[int, int, list[float]]:
     return late, errors, lat
 
 
-def soak_streams(minutes: float, step_s: float) -> None:
+def soak_streams(minutes: float, step_s: float, streams: int | None = None) -> None:
     pcm = (np.clip(load_audio(SPEECH).samples, -1, 1) * 32767).astype("<i2").tobytes()
     proc, target = start_serve(MAX_RAMP + 1)
     server = psutil.Process(proc.pid)
     try:
         run_streams(target, 1, 3.0, pcm)  # warm: model loaded, first-call imports done
-        best = 0
-        for n in range(1, MAX_RAMP + 1):
+        best = streams or 0
+        for n in range(1, 1 if streams else MAX_RAMP + 1):
             late, errors, lat = summary(run_streams(target, n, step_s, pcm))
             p99 = float(np.percentile(lat, 99)) if lat else float("nan")
             print(f"ramp {n:>2} streams: {len(lat)} frames, {late} late, {errors} errors, p99 {p99:.0f} ms",
@@ -207,10 +208,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the hold phase runs")
     parser.add_argument("--step-s", type=float, default=10.0, help="how long each ramp level runs")
     parser.add_argument("--renders", type=int, default=300, help="consecutive renders in one process")
+    parser.add_argument("--streams", type=int, help="hold this many streams (no ramp)")
     parser.add_argument("--skip-streams", action="store_true")
     args = parser.parse_args()
     if not args.skip_streams:
-        soak_streams(args.minutes, args.step_s)
+        soak_streams(args.minutes, args.step_s, args.streams)
     if args.renders:
         soak_renders(args.renders)
 

@@ -13,10 +13,13 @@ refused at once (RESOURCE_EXHAUSTED, FULL_MESSAGE). The default, `default_max_st
 
     max(1, floor(cores * CPU_HEADROOM / STREAM_COST_CORES))
 
-where STREAM_COST_CORES is the measured CPU of one real-time 25 fps live stream (driver, own
-generator, JPEG): 7.2 ms per frame, 0.18 of a core, on the 2-core development machine
-(/tmp/h13_cost.py, 2026-12-02, the sample avatar). `bench/soak.py` measures what one `serve`
-really holds; set `--max-streams` from it.
+where STREAM_COST_CORES is what one real-time 25 fps live stream (driver, own generator, JPEG,
+gRPC, in one Python process) really takes: `bench/soak.py` on the quiet 2-core development machine
+(2026-12-01, the sample avatar) ran 5 streams for 10 s with no late frame, but held for 10 minutes
+17% of their frames came late (a backlog builds slowly); 4 held (see docs/benchmarks.md). So 1.5
+cores of streams hold 4: about 0.35 of a core each (the engine alone measures 7.2 ms of CPU per
+frame, 0.18; the rest is gRPC, the threads and the interpreter lock). Run `bench/soak.py` on your
+server and set `--max-streams` from it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ REQUEST_OVERHEAD_BYTES = 1024  # model name, format and framing around a message
 # audio per StreamAudio message when the client streams a long clip: 10 s of 16 kHz mono float32 (640 KB)
 STREAM_CHUNK_SAMPLES = 160_000
 
-STREAM_COST_CORES = 0.18  # CPU of one real-time 25 fps live stream, in cores (measured, see above)
+STREAM_COST_CORES = 0.35  # one real-time 25 fps live stream, in cores (measured by bench/soak.py, see above)
 CPU_HEADROOM = 0.75  # share of the cores streams may use: the rest answers health, HTTP, the OS
 # threads beyond the stream limit, so health, reflection and ListModels always find one free
 SPARE_WORKERS = 8
