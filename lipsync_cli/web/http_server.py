@@ -87,9 +87,26 @@ class _VideoResponse(FileResponse):
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
         # RFC 9110 section 14.2: a Range in a unit the server does not know is ignored (200, the whole
         # file); Starlette would answer 400. An empty list is how Starlette says "no range".
-        if http_range.split("=", 1)[0].strip().lower() != "bytes":
+        unit, _, specs = http_range.partition("=")
+        if unit.strip().lower() != "bytes":
             return []
+        # ...and of several ranges, those starting past the end are left out: 416 only when none is
+        # satisfiable (Starlette refuses the whole request for one bad range)
+        satisfiable = [spec for spec in specs.split(",") if _satisfiable(spec, file_size)]
+        if satisfiable and len(satisfiable) < len(specs.split(",")):
+            http_range = "bytes=" + ",".join(satisfiable)
         return super()._parse_range_header(http_range, file_size)
+
+
+def _satisfiable(spec: str, file_size: int) -> bool:
+    """Whether one range spec ("a-b", "a-", "-n") selects any byte of a file_size-byte file; a
+    malformed spec counts as satisfiable (Starlette then answers 400 for it, as before)."""
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return True
+    if not first.strip():
+        return last.strip() != "0"
+    return not first.strip().isdigit() or int(first) < file_size
 
 
 def _describe(name: str, video: Path, store: ModelStore) -> dict:
