@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from lipsync_cli.core.calibration import readable_max_open
 from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.core.generator import MouthImage
 from lipsync_cli.core.region import blend_lower_face, smoothstep
@@ -32,7 +33,8 @@ from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
-DEFAULT_MAX_OPEN = 0.45  # a full opening (gap / eye distance) for a person whose video never opens;
+DEFAULT_MAX_OPEN = 0.45  # the widest full opening (gap / eye distance) for a person whose video never opens
+# (core/calibration.py measures how wide each face reads, and may set less);
 # the driver's `open` reaches about 0.65 of it on stressed vowels (its p95), a moderate speaking mouth
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video
 SPEECH_MIN_OPEN = 0.15  # in speech the lips stay this share of the range apart (they rest only in silence)...
@@ -114,7 +116,6 @@ class MouthProfile:
         rest = float(np.percentile(open_, REST_PERCENTILE))
         lib_max = float(np.percentile(open_, FULL_OPEN_PERCENTILE))
         talking = lib_max > TALKING_MIN_OPEN
-        max_open = max(lib_max, DEFAULT_MAX_OPEN) if not talking else max(lib_max, rest + MIN_TALKING_RANGE)
         candidates = np.flatnonzero(model.face_found)
         if len(candidates) == 0:
             candidates = np.arange(model.n_frames)
@@ -122,6 +123,12 @@ class MouthProfile:
         width = model.mouth_width.astype(np.float64)
         sampled = candidates[np.linspace(0, len(candidates) - 1, min(LOOK_FRAMES, len(candidates))).astype(int)]
         look = interior_look([model.region(int(i)) for i in sampled], [region_pts[i] for i in sampled])
+        if talking:
+            max_open = max(lib_max, rest + MIN_TALKING_RANGE)
+        else:  # as wide as this face still reads as opening wider (core/calibration.py)
+            resting = int(candidates[np.argmin(np.abs(open_[candidates] - rest))])
+            max_open = max(lib_max, readable_max_open(model, resting, region_pts[resting], look, rest_open=rest,
+                                                      default=DEFAULT_MAX_OPEN))
         interior = np.zeros(model.n_frames)
         if talking:  # only a talking video's own inner mouths are ever shown
             interior[candidates] = [_interior_level(model.region(int(i)), region_pts[i]) for i in candidates]
