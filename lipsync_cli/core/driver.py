@@ -29,7 +29,12 @@ single one, and the frame before it heads for shut), and silence is REST at once
 amount of audio past a frame is needed (`lookahead_ms`), and `push` on any chunking gives exactly
 the frames `drive` gives on the whole clip.
 
-Limits: the shapes G (F/V) and H (L) need the phone's identity and are never chosen; audio that
+A render uses the same chain with `phonetic=True`: stage 2's targets come from the phones heard
+(core/phones.py), the lips move as PHONETIC_MOTION (core/motion.py) and each frame reads
+PHONETIC_AHEAD_MS ahead, so the opening is kept within what lip speed can close before the next
+closure or pause.
+
+Limits (live): the shapes G (F/V) and H (L) need the phone's identity and are never chosen; audio that
 starts mid-vowel with nothing quieter before it is taken as speech only from its first dip.
 """
 
@@ -71,8 +76,6 @@ BLEND_BACK_MS = 40  # the coarticulation blend reads hops this far before its ce
 DOMINANCE_DECAY_MS = 20  # a hop's pull on the blend falls e-fold over this distance from it
 DOMINANCE_OPEN = 2.0  # a hop at full opening pulls this much harder than a consonant (vowel nuclei dominate)
 DOMINANCE_CLOSURE = 6.0  # ... and a P/B/M closure this much harder: the lips must meet
-
-
 HOLD_MS = 70  # a shape letter is held at least this long (closures and silence excepted)
 
 
