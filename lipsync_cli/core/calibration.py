@@ -42,8 +42,9 @@ def readable_max_open(model: Model, frame: int, region_pts: np.ndarray, look: In
     region = model.region(frame)
     iod_px = float(np.linalg.norm(region_pts[F.LEFT_EYE_OUTER] - region_pts[F.RIGHT_EYE_OUTER]))
     readings = []
+    still = model.frame(frame)  # decoded once
     for gap in GRID_GAPS:
-        full = model.frame(frame)
+        full = still.copy()
         opened = warp_lips(region, region_pts, target_gap_px=float(gap) * iod_px, has_interior=False, look=look)
         composite(full, opened, model.mouth_bounds[frame], reference=region)
         found = tracker.landmarks(full, *tracker._from_points(model.landmarks[frame]))

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2  # noqa: F401  (cv2 before av: a window may open in this process)
 import numpy as np
 
+from lipsync_cli.core.generators import make_generator
 from lipsync_cli.live.agent import AgentOptions, RealtimeAgent, TranscriptFn, check_agent
 from lipsync_cli.live.audio_io import MessageFn
 from lipsync_cli.live.player import FramePlayer
@@ -195,7 +196,12 @@ def _run_live(options: LiveOptions, *, store: ModelStore, started_s: float, say:
         rate_hz = audio.source.rate_hz
         recorder = Recorder(options.record, model, rate_hz) if options.record else None
         sink = stack.enter_context(_closed_with_outcome(_sinks(options, model, recorder, on_frame)))
-        target = options.server or stack.enter_context(embedded_service(store))
+        if options.server:
+            target = options.server
+        else:
+            generator = make_generator()
+            generator.open_stream(model)  # its per-face work (core/calibration.py) before the clock starts
+            target = stack.enter_context(embedded_service(store, generator))
         lip = stack.enter_context(LipStream(target, model_name, rate_hz=rate_hz, model=model, on_message=say))
         timeline = Timeline(rate_hz, feed=lip.feed, out=audio.out,
                             on_played=recorder.add_audio if recorder is not None else lambda block: None,
