@@ -11,5 +11,5 @@ DEFAULT_VOICE = "alloy"
 DEFAULT_DRAIN_S = 20.0  # serve on SIGTERM: running streams get this long to finish (Kubernetes waits 30 s before SIGKILL)
 # OpenCV's own thread pool on top of our threads (render's compose workers, the service's streams,
 # x264) spends CPU waiting for work: one OpenCV thread per caller cut a 1080x1920 render frame from 58
-# to 52 ms of CPU (render and serve set it)
+# to 52 ms of CPU (render sets it)
 OPENCV_THREADS = 1

@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
-
 from lipsync_cli.core.generators import make_generator
-from lipsync_cli.defaults import DEFAULT_DRAIN_S, DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, OPENCV_THREADS
+from lipsync_cli.defaults import DEFAULT_DRAIN_S, DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT
 from lipsync_cli.errors import LipsyncError
 from lipsync_cli.media.store import DEFAULT_MODEL_LIMIT, ModelStore
 from lipsync_cli.rpc.capacity import Capacity
@@ -115,8 +113,6 @@ def run_serve(settings: ServeSettings, *, host: str = DEFAULT_HOST, port: int = 
     error. Raises ServiceError when a port cannot be bound.
     """
     stop = stop or threading.Event()
-    # each stream has its thread already; OpenCV's own pool on top only spends CPU waiting (defaults.py)
-    cv2.setNumThreads(OPENCV_THREADS)
     if not is_loopback(host) and settings.http.openai_api_key and settings.http.token_secret is None:
         LOG.warning("serving on %s with no token secret: anyone who can reach it can mint OpenAI client "
                     "secrets on this server's key; set --token-secret or LIPSYNC_TOKEN_SECRET", host)

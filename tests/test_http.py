@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import threading
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -531,7 +532,8 @@ def test_server_binds_reports_its_port_and_stops(media):
 
 
 SERVE_SCRIPT = """
-import json, sys
+import faulthandler, json, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it is stuck, if a test must ask
 from pathlib import Path
 from lipsync_cli.serve import ServeSettings, run_serve
 from lipsync_cli.web.options import HttpOptions
@@ -578,12 +580,14 @@ def test_run_serve_shares_one_model_store_between_http_and_grpc(media, monkeypat
     assert grpc_stores == built and asked and set(asked) == set(built)
 
 
-def test_run_serve_serves_both_and_stops_on_ctrl_c(media):
+def test_run_serve_serves_both_and_stops_on_ctrl_c(media, tmp_path):
     grpc = pytest.importorskip("grpc")
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(media["models"]), str(media["cache"])],
-                            stdout=subprocess.PIPE, text=True)
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as err_file:  # a file, not a pipe: a pipe nobody reads could fill and block it
+        proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(media["models"]), str(media["cache"])],
+                                stdout=subprocess.PIPE, stderr=err_file, text=True)
     try:
         urls = json.loads(proc.stdout.readline())
         assert urls["http"].startswith("http://127.0.0.1:") and urls["grpc"].startswith("127.0.0.1:")
@@ -595,8 +599,16 @@ def test_run_serve_serves_both_and_stops_on_ctrl_c(media):
                 answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
                 assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
         proc.send_signal(signal.SIGINT)
-        # a few seconds here; once, under the whole suite's load, more than 15 (cause not found)
-        assert proc.wait(30) == 0 and proc.stdout.read() == "stopped\n"
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack to stderr
+            time.sleep(2)
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"serve did not stop within 30 s of Ctrl-C; stdout {out!r}; threads:\n"
+                        f"{errors.read_text()[-6000:]}")
+        assert code == 0 and proc.stdout.read() == "stopped\n"
     finally:
         proc.kill()
     with pytest.raises(httpx.ConnectError):
