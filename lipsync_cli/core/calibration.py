@@ -47,8 +47,7 @@ def readable_max_open(model: Model, frame: int, region_pts: np.ndarray, look: In
         full = still.copy()
         opened = warp_lips(region, region_pts, target_gap_px=float(gap) * iod_px, has_interior=False, look=look)
         composite(full, opened, model.mouth_bounds[frame], reference=region)
-        found = tracker.landmarks(full, *tracker._from_points(model.landmarks[frame]))
-        found = tracker.landmarks(full, *tracker._from_points(found.points))  # recentred, as tracking does
+        found = tracker.near(full, model.landmarks[frame])
         readings.append(face_gap(found.points) if found.score >= F.MIN_FACE_SCORE else 0.0)
     peak_gap = float(GRID_GAPS[int(np.argmax(readings))])
     wanted = rest_open + (peak_gap - rest_open) / TYPICAL_P95_SHARE

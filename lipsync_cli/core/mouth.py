@@ -34,8 +34,7 @@ from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
 DEFAULT_MAX_OPEN = 0.45  # the widest full opening (gap / eye distance) for a person whose video never opens
-# (core/calibration.py measures how wide each face reads, and may set less);
-# the driver's `open` reaches about 0.65 of it on stressed vowels (its p95), a moderate speaking mouth
+# (core/calibration.py measures how wide each face reads, and may set less)
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video
 SPEECH_MIN_OPEN = 0.15  # in speech the lips stay this share of the range apart (they rest only in silence)...
 SPEECH_FLOOR_RAMP = 0.15  # ...once the driver's `open` passes this; below it they close to rest (P/B/M, pauses)

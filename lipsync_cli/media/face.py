@@ -100,6 +100,12 @@ class FaceTracker:
         full = pts @ inv[:, :2].T + inv[:, 2]
         return FaceResult(points=full.astype(np.float32), score=float(1 / (1 + np.exp(-logit))))
 
+    def near(self, bgr: np.ndarray, points: np.ndarray) -> FaceResult:
+        """The landmarks of the face where (468, 2) `points` put it (no detection), recentred once as
+        `track` does."""
+        res = self.landmarks(bgr, *self._from_points(points))
+        return self.landmarks(bgr, *self._from_points(res.points))
+
     def _from_points(self, pts: np.ndarray) -> tuple[float, float, float, float]:
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         cx, cy = (lo + hi) / 2
