@@ -534,6 +534,9 @@ def test_server_binds_reports_its_port_and_stops(media):
 SERVE_SCRIPT = """
 import faulthandler, json, signal, sys
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it is stuck, if a test must ask
+# a shell gives Ctrl-C its default handler; the test process may have passed SIGINT on ignored (an
+# earlier test in the suite leaves it so, and an ignored signal stays ignored across exec)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from lipsync_cli.serve import ServeSettings, run_serve
 from lipsync_cli.web.options import HttpOptions
