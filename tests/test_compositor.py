@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lipsync_cli.media.cache import crop_region
-from lipsync_cli.core.compositor import CHANGE_LEVEL, change_mask, composite
+from lipsync_cli.core.compositor import CHANGE_LEVEL, change_mask, composite, composite_i420
+from lipsync_cli.media.yuv import decode_jpeg_into, i420_frame, plane_views
 from lipsync_cli.rpc.client import decode_image
 from lipsync_cli.core.region import feather_mask
 
@@ -92,3 +93,56 @@ def test_a_change_in_any_one_colour_channel_counts(channel):
     assert mask[160, 160] > 0.99 and mask[5, 5] == 0
     region[140:180, 140:180, channel] = 120 + CHANGE_LEVEL  # at the level itself: JPEG noise, unchanged
     assert change_mask(region, reference).max() == 0
+
+
+def _i420_of(bgr):
+    import av
+
+    return av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p")
+
+
+@pytest.mark.parametrize("bounds", [(100.3, 81.7, 331.2, 310.6), (-30.5, -20.25, 250.0, 260.0),
+                                    (640.0, 450.0, 811.0, 621.0)])
+def test_the_yuv_paste_is_the_bgr_paste(bounds):
+    """The render pastes onto the encoder's yuv420p frame, converting only the mouth's box: the same
+    picture as pasting in BGR and converting the whole frame, and nothing changes outside the box."""
+    frame, bounds = _frame(), np.array(bounds)
+    region = np.full((320, 320, 3), (40, 60, 200), np.uint8)
+    bgr = frame.copy()
+    assert composite(bgr, region, bounds)
+    yuv = _i420_of(frame)
+    before = yuv.to_ndarray().copy()
+    assert composite_i420(plane_views(yuv), region, bounds)
+    diff = np.abs(yuv.to_ndarray().astype(int) - _i420_of(bgr).to_ndarray().astype(int))
+    assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean(), diff.max())
+    x0, y0 = max(0, int(np.floor(bounds[0]))) // 2 * 2, max(0, int(np.floor(bounds[1]))) // 2 * 2
+    x1, y1 = int(np.ceil(bounds[2])) + 2, int(np.ceil(bounds[3])) + 2
+    outside = np.ones(before[:600].shape, bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(yuv.to_ndarray()[:600][outside], before[:600][outside])
+
+
+def test_unusable_bounds_leave_the_yuv_frame_untouched():
+    yuv = _i420_of(_frame())
+    before = yuv.to_ndarray().copy()
+    region = np.full((320, 320, 3), 255, np.uint8)
+    for bounds in ((-50.0, -50.0, -10.0, -10.0), (10.0, 10.0, np.nan, 200.0), (900.0, 10.0, 1000.0, 200.0)):
+        assert not composite_i420(plane_views(yuv), region, bounds)
+    assert np.array_equal(yuv.to_ndarray(), before)
+
+
+def test_a_jpeg_decodes_into_the_encoders_frame_at_video_range():
+    """A cache frame (4:2:0 JPEG, full-range levels) decoded into yuv420p planes reads as the same
+    picture as decoding it to BGR; a JPEG of another size is refused and the planes stay as they were."""
+    frame = _frame()
+    ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    yuv, planes = i420_frame(800, 600)
+    assert decode_jpeg_into(jpeg, planes)
+    expected = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+    diff = np.abs(yuv.to_ndarray(format="bgr24").astype(int) - expected.astype(int))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99.9) <= 8, (diff.mean(), diff.max())
+    other, other_planes = i420_frame(640, 480)
+    other_planes[0][:] = 7
+    assert not decode_jpeg_into(jpeg, other_planes)
+    assert not decode_jpeg_into(b"not a jpeg", other_planes)
+    assert (other_planes[0] == 7).all()

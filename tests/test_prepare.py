@@ -217,6 +217,26 @@ def test_loaded_models_sit_in_an_lru_with_memory_statistics(tmp_path, cache_dir)
         ModelStore(limit=0)
 
 
+def test_a_touched_video_is_loaded_once_and_a_changed_one_again(tmp_path, cache_dir):
+    """A video copied or touched after its cache was made (same bytes, another mtime) keeps its cache
+    and is loaded once: later lookups are served from memory, not read from disk every time."""
+    import os
+
+    from lipsync_cli.media.store import ModelStore
+
+    video = tmp_path / "me.mp4"
+    shutil.copy2(SAMPLE_VIDEO, video)
+    shutil.copy(prepare_model(SAMPLE_VIDEO, cache_dir=cache_dir).cache, cache_path(video, tmp_path))
+    st = video.stat()
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    store = ModelStore(cache_dir=tmp_path)
+    first = store.get(video)
+    assert store.get(video) is first and store.open(str(video))[0] is first
+    frames = [f for i, f in enumerate(iter_frames(SAMPLE_VIDEO)) if i < 30]
+    make_video(video, frames[::-1])
+    assert store.get(video) is not first and store.get(video).n_frames == 30
+
+
 def test_a_phone_video_with_a_rotation_is_used_upright(tmp_path):
     import subprocess
 

@@ -22,7 +22,7 @@ from lipsync_cli.core.timing import ping_pong
 from lipsync_cli.errors import ServiceError
 from lipsync_cli.media.audio import load_audio
 from lipsync_cli.media.video import Mp4Writer, iter_frames
-from lipsync_cli.render.pipeline import RenderOptions, _compose, render
+from lipsync_cli.render.pipeline import RenderOptions, _compose, _compose_for, render
 from lipsync_cli.rpc.service import create_server
 
 
@@ -111,6 +111,23 @@ def test_an_unusable_mouth_is_a_fallback_frame_left_untouched(sample_model):
         assert not pasted and np.array_equal(frame, m.frame(index))
     frame, pasted = _compose(m, MouthFrame(index=0, model_frame=index, image=image, bounds=bounds, params=REST))
     assert pasted and not np.array_equal(frame, m.frame(index))
+
+
+def test_the_encoders_frame_is_composited_as_in_bgr(sample_model, tmp_path):
+    """The render decodes each model frame straight into the encoder's yuv420p frame and pastes the
+    mouth there: the same picture as compositing in BGR and converting, for pasted and untouched frames."""
+    m, index = sample_model, 7
+    image = np.full((320, 320, 3), (60, 60, 190), np.uint8)
+    mouths = [MouthFrame(index=0, model_frame=index, image=image, bounds=m.mouth_bounds[index], params=REST),
+              MouthFrame(index=0, model_frame=index, image=None, bounds=m.mouth_bounds[index], params=REST)]
+    with Mp4Writer(tmp_path / "x.mp4", fps=m.fps, width=m.width, height=m.height) as writer:
+        for mouth in mouths:
+            frame, pasted = _compose_for(writer, m, mouth)
+            bgr, bgr_pasted = _compose(m, mouth)
+            assert pasted == bgr_pasted
+            diff = np.abs(frame.to_ndarray().astype(int) - writer.encoder_frame(bgr).to_ndarray().astype(int))
+            assert diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 8, (diff.mean(), diff.max())
+            writer.write_frame(frame)
 
 
 def test_hevc_portrait_speaker_with_stereo_44k_speech(tmp_path, store):

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from lipsync_cli.core.region import feather_mask, match_colour_on_rim
+from lipsync_cli.media.yuv import Planes, bgr_to_crop, crop_to_bgr
 
 MAX_GAIN_CHANGE = 0.12  # colour matching never shifts a channel by more than this factor
 MIN_GAIN_CHANGE = 0.004  # a colour difference under this factor is left alone
@@ -75,4 +76,22 @@ def composite(frame: np.ndarray, region: np.ndarray, bounds, *, reference: np.nd
     patch = match_colour_on_rim(patch, window, rim, min_rim_px=RIM_MIN_PX, max_gain_change=MAX_GAIN_CHANGE,
                                 min_gain_change=MIN_GAIN_CHANGE)
     window[...] = cv2.blendLinear(patch, np.ascontiguousarray(window), alpha, 1.0 - alpha)
+    return True
+
+
+def composite_i420(planes: Planes, region: np.ndarray, bounds, *, reference: np.ndarray | None = None) -> bool:
+    """`composite` onto the planes of a yuv420p frame (`media.yuv`): only the box the region touches
+    (widened to even corners) goes to BGR and back, the rest of the frame is left as it is."""
+    h, w = planes[0].shape
+    if not valid_bounds(bounds, w, h):
+        return False
+    x0, y0, x1, y1 = (float(v) for v in bounds)
+    bx0, by0 = max(0, int(np.floor(x0))) // 2 * 2, max(0, int(np.floor(y0))) // 2 * 2
+    bx1, by1 = min(w, int(np.ceil(x1)) + 1) // 2 * 2, min(h, int(np.ceil(y1)) + 1) // 2 * 2
+    if bx1 - bx0 < 2 or by1 - by0 < 2:
+        return False
+    box = crop_to_bgr(planes, bx0, by0, bx1, by1)
+    if not composite(box, region, (x0 - bx0, y0 - by0, x1 - bx0, y1 - by0), reference=reference):
+        return False
+    bgr_to_crop(box, planes, bx0, by0)
     return True

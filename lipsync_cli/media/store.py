@@ -20,10 +20,15 @@ from cachetools import LRUCache
 from lipsync_cli.media.cache import (REGION_PX, cache_path, check_cache, default_cache_dir, prepare_model,
                                      validate_arrays)
 from lipsync_cli.errors import CacheError
+from lipsync_cli.media.yuv import Planes, decode_jpeg_into
 from lipsync_cli.media.models import default_model, find_named_model, model_name, resolve_model
 from lipsync_cli.progress import ProgressFn
 
 DEFAULT_MODEL_LIMIT = 5
+# decoded mouth regions kept per model (320x320x3: 0.3 MB each): a frame's region is asked for by the
+# generator (its base and the frame it takes the mouth from, often the last one again) and by the
+# compositor (the base again, as the reference)
+REGION_CACHE_FRAMES = 32
 _DECODE_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                  8: cv2.IMREAD_REDUCED_COLOR_8}
 
@@ -56,6 +61,8 @@ class Model:
         self.source_stat = (int(a["source_size_bytes"]), int(a["source_mtime_ns"]))
         self.n_frames = len(self.face_found)
         self.region_px = REGION_PX
+        self._regions: LRUCache[int, np.ndarray] = LRUCache(maxsize=REGION_CACHE_FRAMES)
+        self._regions_lock = threading.Lock()  # LRUCache is not thread-safe (a lookup reorders it)
 
     def frame_jpeg(self, i: int) -> bytes:
         return self._frame_jpeg[self._frame_off[i]:self._frame_off[i + 1]].tobytes()
@@ -64,9 +71,23 @@ class Model:
         """Full frame i as (H, W, 3) uint8 BGR; reduce 2, 4 or 8 decodes it that many times smaller (faster)."""
         return cv2.imdecode(self._frame_jpeg[self._frame_off[i]:self._frame_off[i + 1]], _DECODE_FLAGS[reduce])
 
+    def frame_into(self, i: int, planes: Planes) -> bool:
+        """Decode full frame i straight into the planes of a yuv420p frame of the model's size
+        (`media.yuv`); False when its JPEG is not 4:2:0 of that size (decode it with `frame`)."""
+        return decode_jpeg_into(self._frame_jpeg[self._frame_off[i]:self._frame_off[i + 1]], planes)
+
     def region(self, i: int) -> np.ndarray:
-        """The 320x320 mouth region of frame i (the area `mouth_bounds[i]` covers), BGR."""
-        return cv2.imdecode(self._region_jpeg[self._region_off[i]:self._region_off[i + 1]], cv2.IMREAD_COLOR)
+        """The 320x320 mouth region of frame i (the area `mouth_bounds[i]` covers), BGR, read-only (it
+        is shared: copy it to draw on it)."""
+        i = int(i)
+        with self._regions_lock:
+            img = self._regions.get(i)
+        if img is None:
+            img = cv2.imdecode(self._region_jpeg[self._region_off[i]:self._region_off[i + 1]], cv2.IMREAD_COLOR)
+            img.flags.writeable = False
+            with self._regions_lock:
+                self._regions[i] = img
+        return img
 
     def region_points(self, i: int, points: np.ndarray | None = None) -> np.ndarray:
         """Landmarks of frame i (or `points`, full-frame pixels) in that frame's region pixels."""
@@ -151,6 +172,9 @@ class ModelStore:
                 model = self._models.get(video)
                 if model is not None and _stat(video) == model.source_stat:
                     return model
+            # the video as checked now: a video copied or touched since its cache was made (same
+            # content, another mtime) is then loaded once, not again on every lookup
+            stat = _stat(video)
             result = prepare_model(video, cache_dir=self.cache_dir, progress=self.progress)
             try:
                 model = Model(video, result.cache)
@@ -158,6 +182,7 @@ class ModelStore:
                 # damaged after its check (or in a way only a full load shows): rebuild it once
                 result = prepare_model(video, cache_dir=self.cache_dir, force=True, progress=self.progress)
                 model = Model(video, result.cache)
+            model.source_stat = stat
             with self._lock:
                 self._models[video] = model  # drops the least recently used past the limit
             return model

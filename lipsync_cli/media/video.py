@@ -22,6 +22,10 @@ from lipsync_cli.media.audio import AAC_RATES_HZ
 from lipsync_cli.media.files import check_input_file, finish, temporary_beside
 
 AAC_FRAME_SAMPLES = 1024  # the AAC encoder takes audio frames of exactly this many samples
+# FFmpeg's AAC coder: "fast" costs a third of the default "twoloop" search (0.2 s instead of 0.6 s of
+# CPU for 15 s of stereo speech, 1 ms per video frame of a render) and at 128-160 kb/s speech sounds
+# the same
+AAC_CODER = "fast"
 DEFAULT_PRESET = "veryfast"
 DEFAULT_CRF = 20
 
@@ -150,7 +154,7 @@ class Mp4Writer:
                 self.audio_rate_hz = audio_rate_hz
                 aus = self._container.add_stream("aac", rate=self.audio_rate_hz)
                 aus.layout = _audio_layout(self.audio_channels)
-                aus.options = {"b": "160k" if self.audio_channels == 2 else "128k"}
+                aus.options = {"b": "160k" if self.audio_channels == 2 else "128k", "aac_coder": AAC_CODER}
                 self._audio = aus
                 self._pending = np.zeros((0, self.audio_channels), np.float32)
                 self._audio_pts = 0

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 
-from lipsync_cli.core.compositor import composite
+from lipsync_cli.core.compositor import composite, composite_i420
 from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
@@ -28,6 +28,7 @@ from lipsync_cli.defaults import OPENCV_THREADS
 from lipsync_cli.errors import AudioError, ServiceError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, aac_rate_for, load_audio, resample
 from lipsync_cli.media.store import Model, ModelStore
+from lipsync_cli.media.yuv import i420_frame
 from lipsync_cli.media.video import DEFAULT_CRF, DEFAULT_PRESET, Mp4Writer, check_output_path
 from lipsync_cli.progress import ProgressFn, report
 from lipsync_cli.rpc.client import LipSyncClient
@@ -36,8 +37,7 @@ from lipsync_cli.rpc.embedded import embedded_service
 
 COMPOSE_AHEAD_FRAMES = 4  # frames decoded and composited ahead of the encoder
 # frames decoded and composited at once: the full-frame JPEG decode is the largest cost per frame
-# (about as much as the encoder's own work at 1080x1920), and one worker alone leaves a core idle
-# whenever the encoder waits for it
+# after the encoder's, and one worker alone leaves a core idle whenever the encoder waits for it
 COMPOSE_WORKERS = 2
 
 
@@ -90,9 +90,18 @@ def _compose(model: Model, mouth: MouthFrame) -> tuple[np.ndarray, bool]:
 
 
 def _compose_for(writer: Mp4Writer, model: Model, mouth: MouthFrame) -> tuple[object, bool]:
-    """`_compose`, its frame converted for `writer`'s encoder (`Mp4Writer.encoder_frame`)."""
-    frame, pasted = _compose(model, mouth)
-    return writer.encoder_frame(frame), pasted
+    """`_compose` as a frame for `writer`'s encoder. The model frame is decoded straight into the
+    encoder's yuv420p frame and only the mouth's box is converted to BGR and back (`media.yuv`);
+    an odd-sized model, or a frame whose JPEG will not decode that way, goes through BGR instead."""
+    index = mouth.model_frame % model.n_frames
+    if (writer.width, writer.height) == (model.width, model.height):
+        frame, planes = i420_frame(writer.width, writer.height)
+        if model.frame_into(index, planes):
+            if mouth.image is None:
+                return frame, False
+            return frame, composite_i420(planes, mouth.image, mouth.bounds, reference=model.region(index))
+    bgr, pasted = _compose(model, mouth)
+    return writer.encoder_frame(bgr), pasted
 
 
 def _composed(model: Model, mouths: Iterator[MouthFrame],
