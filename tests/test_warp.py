@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_cli.core.warp import warp_lips
+from lipsync_cli.core.warp import MIN_LIFT_PX, chin_after_warp, lift_jaw, warp_lips
 from lipsync_cli.media import face as F
 
 FRAMES = (0, 100)
@@ -92,3 +92,29 @@ def test_a_wider_target_opens_wider_and_the_same_gap_changes_nothing(sample_mode
     assert drops[0] < drops[1] < drops[2]
     unchanged = warp_lips(region, pts, target_gap_px=mouth.gap)
     np.testing.assert_array_equal(unchanged, region)
+
+
+@pytest.mark.parametrize("lift_px", [4.0, 10.0])
+def test_a_lifted_jaw_raises_the_chin_and_leaves_nose_and_neck(sample_model, lift_px):
+    """Before a less open frame's lower face is blended onto a base frame, the base's jaw is raised to
+    meet it (no second chin through the blend's soft edge): the chin and lower lip move up by the
+    lift, the upper lip barely, and above it and down the neck the region stays as it was."""
+    region, pts = sample_model.region(FRAMES[0]), sample_model.region_points(FRAMES[0])
+    mouth = Mouth(pts)
+    lifted = lift_jaw(region, pts, lift_px)
+    chin = -vertical_shift(region, lifted, mouth.above_chin, mouth.cols)
+    assert chin == pytest.approx(lift_px, rel=0.15)
+    assert -vertical_shift(region, lifted, mouth.lower_lip, mouth.cols) == pytest.approx(lift_px, rel=0.25)
+    assert abs(vertical_shift(region, lifted, mouth.upper_lip, mouth.cols)) < 0.3 * lift_px
+    assert abs(vertical_shift(region, lifted, mouth.neck, mouth.cols)) <= 1.0
+    assert np.array_equal(lifted[: int(mouth.top) - 1], region[: int(mouth.top) - 1])
+    np.testing.assert_array_equal(lift_jaw(region, pts, 0.5 * MIN_LIFT_PX), region)
+
+
+def test_the_chin_is_predicted_where_the_warp_puts_it(sample_model):
+    region, pts = sample_model.region(FRAMES[0]), sample_model.region_points(FRAMES[0])
+    mouth = Mouth(pts)
+    for gap in (12.0, 24.0):
+        warped = warp_lips(region, pts, target_gap_px=gap, has_interior=False)
+        moved = vertical_shift(region, warped, mouth.above_chin, mouth.cols)
+        assert mouth.chin + moved == pytest.approx(chin_after_warp(pts, gap), abs=1.5)

@@ -28,7 +28,7 @@ from lipsync_cli.core.calibration import readable_max_open
 from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.core.generator import MouthImage
 from lipsync_cli.core.region import blend_lower_face, smoothstep
-from lipsync_cli.core.warp import STRETCH_MAX, InteriorLook, interior_look, warp_lips
+from lipsync_cli.core.warp import STRETCH_MAX, InteriorLook, chin_after_warp, interior_look, lift_jaw, warp_lips
 from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
@@ -247,5 +247,7 @@ class OwnMouthStream:
         img = warp_lips(img, pts, target_gap_px=target * iod_px, scale_x=scale_x, has_interior=has_interior,
                         look=p.look)
         if s != b:
-            img = blend_lower_face(base_img, img, base_pts, pts)
+            # a base frame whose jaw hangs lower than the new mouth's has it raised to meet it
+            lift_px = float(base_pts[F.CHIN, 1]) - chin_after_warp(pts, target * iod_px)
+            img = blend_lower_face(lift_jaw(base_img, base_pts, lift_px), img, base_pts, pts)
         return MouthImage(img, bounds)

@@ -44,6 +44,7 @@ CHIN_FADE_SHARE = 0.45  # below the jawline the shift fades out over this share 
 FADE_PER_DROP = 1.6  # ...and over at least this many times the drop (the neck is squeezed, never folded)
 NOSE_FADE_SHARE = 0.8  # above the upper lip the shift fades out over this share of the lip-to-nose distance
 MIN_FADE_PX = 4.0  # the shortest fade
+MIN_LIFT_PX = 1.5  # lift_jaw: a jaw this close to where it should be is left alone
 INVERSE_STEPS = 3  # fixed-point steps inverting the lower displacement field (enough below 1 px)
 MIN_SPAN_PX = 1e-3  # guards the division by the new gap's height
 # lips spread (wide) or purse (round): columns squeeze about the centre under a Gaussian bell
@@ -124,6 +125,53 @@ def _contour_y(pts: np.ndarray, idx: tuple[int, ...], xs: np.ndarray) -> np.ndar
     return np.interp(xs, c[order, 0], c[order, 1])
 
 
+def _centre_lips_y(pts: np.ndarray) -> tuple[float, float]:
+    """The inner upper and lower lip's y midway between the inner corners."""
+    cx = np.array([(pts[F.MOUTH_RIGHT_INNER, 0] + pts[F.MOUTH_LEFT_INNER, 0]) / 2])
+    return float(_contour_y(pts, F.LIPS_INNER_UPPER, cx)[0]), float(_contour_y(pts, F.LIPS_INNER_LOWER, cx)[0])
+
+
+def chin_after_warp(pts: np.ndarray, target_gap_px: float) -> float:
+    """Where `warp_lips` puts the chin (its y, region pixels) when it takes this mouth to `target_gap_px`."""
+    top, bottom = _centre_lips_y(pts)
+    return float(pts[F.CHIN, 1]) + (1 - UPPER_SHARE) * (target_gap_px - max(0.0, bottom - top))
+
+
+def lift_jaw(img: np.ndarray, pts: np.ndarray, lift_px: float) -> np.ndarray:
+    """`img` (S, S, 3) with its lower face raised by `lift_px` region pixels at the chin, before another
+    frame's lower face is blended onto it: the chin and jawline then sit under the new mouth instead
+    of showing through the blend's soft edge as a second, lower chin. As `warp_lips` moves a jaw: all
+    of it at the chin, JAW_SIDE_SHARE at the angles, none beyond; from nothing at the upper lip (which
+    stays) to all of it at the lower lip; fading out below the jawline (the neck stretches). A smaller lift returns `img`."""
+    if lift_px < MIN_LIFT_PX:
+        return img
+    size = img.shape[0]
+    jaw_pts = pts[list(JAW_LOWER)]
+    cx = float(pts[F.MOUTH_RIGHT_INNER, 0] + pts[F.MOUTH_LEFT_INNER, 0]) / 2
+    side_l = max(cx - float(jaw_pts[:, 0].min()), MIN_FADE_PX)
+    side_r = max(float(jaw_pts[:, 0].max()) - cx, MIN_FADE_PX)
+    top_y, lip_y = _centre_lips_y(pts)
+    fade_px = max(CHIN_FADE_SHARE * (float(pts[F.CHIN, 1]) - lip_y), FADE_PER_DROP * lift_px, MIN_FADE_PX)
+    reach = 1 + JAW_OUTSIDE_FADE
+    x0, x1 = int(max(0, cx - reach * side_l)), int(min(size, np.ceil(cx + reach * side_r)))
+    y0 = int(max(0, top_y))
+    y1 = int(min(size, float(jaw_pts[:, 1].max()) + fade_px + WORK_MARGIN_PX))
+    if y1 - y0 < MIN_WORK_PX or x1 - x0 < MIN_WORK_PX:
+        return img
+    xs = np.arange(x0, x1, dtype=np.float32)
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    side = np.abs(xs - cx) / np.where(xs < cx, side_l, side_r)
+    jaw = (1 - (1 - JAW_SIDE_SHARE) * smoothstep(side)) * (1 - smoothstep((side - 1) / JAW_OUTSIDE_FADE))
+    lifted_jaw_y = _contour_y(pts, JAW_LOWER, xs) - lift_px * jaw
+    rise = smoothstep((ys - top_y) / max(lip_y - top_y, MIN_FADE_PX))
+    fade = 1 - smoothstep((ys - lifted_jaw_y) / fade_px)
+    map_y = (ys + lift_px * jaw * rise * fade).astype(np.float32)
+    map_x = np.broadcast_to(xs, map_y.shape).astype(np.float32)
+    out = img.copy()
+    out[y0:y1, x0:x1] = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
 def _upsample2(c: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """(rows, cols) float32 linearly interpolated from `c`, its values at the even rows and columns."""
     def up(a: np.ndarray, n: int, axis: int) -> np.ndarray:
@@ -151,8 +199,7 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     if xr - xl < MIN_MOUTH_WIDTH_PX:
         return img
     cx, hw = (xl + xr) / 2, (xr - xl) / 2
-    y_top_c = float(_contour_y(pts, F.LIPS_INNER_UPPER, np.array([cx]))[0])
-    y_bot_c = float(_contour_y(pts, F.LIPS_INNER_LOWER, np.array([cx]))[0])
+    y_top_c, y_bot_c = _centre_lips_y(pts)
     gap_c = max(0.0, y_bot_c - y_top_c)
     delta = target_gap_px - gap_c
     if abs(delta) < MIN_GAP_CHANGE_PX and abs(scale_x - 1) < MIN_SCALE_CHANGE:
