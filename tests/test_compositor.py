@@ -107,14 +107,17 @@ def test_the_yuv_paste_is_the_bgr_paste(bounds):
     """The render pastes onto the encoder's yuv420p frame, converting only the mouth's box: the same
     picture as pasting in BGR and converting the whole frame, and nothing changes outside the box."""
     frame, bounds = _frame(), np.array(bounds)
-    region = np.full((320, 320, 3), (40, 60, 200), np.uint8)
+    # a sharp red-and-white pattern: each chroma sample must be the mean of its 2x2 pixels, as the
+    # encoder's own conversion makes it (one of the four would fringe the lips with colour)
+    region = np.where((np.indices((320, 320)).sum(axis=0) % 2 == 0)[..., None],
+                      np.array((40, 60, 200), np.uint8), np.array((250, 250, 250), np.uint8))
     bgr = frame.copy()
     assert composite(bgr, region, bounds)
     yuv = _i420_of(frame)
     before = yuv.to_ndarray().copy()
     assert composite_i420(plane_views(yuv), region, bounds)
     diff = np.abs(yuv.to_ndarray().astype(int) - _i420_of(bgr).to_ndarray().astype(int))
-    assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean(), diff.max())
+    assert diff.mean() < 0.5 and diff.max() <= 6, (diff.mean(), diff.max())
     x0, y0 = max(0, int(np.floor(bounds[0]))) // 2 * 2, max(0, int(np.floor(bounds[1]))) // 2 * 2
     x1, y1 = int(np.ceil(bounds[2])) + 2, int(np.ceil(bounds[3])) + 2
     outside = np.ones(before[:600].shape, bool)

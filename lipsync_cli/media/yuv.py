@@ -74,19 +74,22 @@ def decode_jpeg_into(jpeg: bytes | np.ndarray, planes: Planes) -> bool:
 
 def crop_to_bgr(planes: Planes, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     """The box [x0, x1) x [y0, y1) of I420 planes (even corners) as (h, w, 3) BGR."""
+    import av
+
     y, u, v = planes
     h, w = y1 - y0, x1 - x0
     packed = np.concatenate([y[y0:y1, x0:x1].ravel(), u[y0 // 2:y1 // 2, x0 // 2:x1 // 2].ravel(),
                              v[y0 // 2:y1 // 2, x0 // 2:x1 // 2].ravel()]).reshape(h * 3 // 2, w)
-    return cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_I420)
+    return av.VideoFrame.from_ndarray(packed, format="yuv420p").to_ndarray(format="bgr24")
 
 
 def bgr_to_crop(bgr: np.ndarray, planes: Planes, x0: int, y0: int) -> None:
     """Write (h, w, 3) BGR (even h and w) back into the box of I420 planes whose corner is (x0, y0)."""
+    import av
+
     h, w = bgr.shape[:2]
-    packed = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).ravel()
-    n, q = h * w, h * w // 4
-    y, u, v = planes
-    y[y0:y0 + h, x0:x0 + w] = packed[:n].reshape(h, w)
-    u[y0 // 2:(y0 + h) // 2, x0 // 2:(x0 + w) // 2] = packed[n:n + q].reshape(h // 2, w // 2)
-    v[y0 // 2:(y0 + h) // 2, x0 // 2:(x0 + w) // 2] = packed[n + q:].reshape(h // 2, w // 2)
+    # swscale, as the encoder's own conversion of a whole BGR frame: each chroma sample is the mean of
+    # its 2x2 pixels (OpenCV's BGR -> I420 takes one of the four: colour fringes along the lips)
+    converted = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(format="yuv420p")
+    for plane, source, (py, px) in zip(planes, plane_views(converted), ((y0, x0), (y0 // 2, x0 // 2), (y0 // 2, x0 // 2))):
+        plane[py:py + source.shape[0], px:px + source.shape[1]] = source
