@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_cli.core.warp import MIN_LIFT_PX, chin_after_warp, lift_jaw, warp_lips
+from lipsync_cli.core.warp import MIN_LIFT_PX, chin_after_warp, interior_look, lift_jaw, warp_lips
 from lipsync_cli.media import face as F
 
 FRAMES = (0, 100)
@@ -118,3 +118,20 @@ def test_the_chin_is_predicted_where_the_warp_puts_it(sample_model):
         warped = warp_lips(region, pts, target_gap_px=gap, has_interior=False)
         moved = vertical_shift(region, warped, mouth.above_chin, mouth.cols)
         assert mouth.chin + moved == pytest.approx(chin_after_warp(pts, gap), abs=1.5)
+
+
+def test_a_drawn_opening_shows_upper_teeth_lit_like_the_face(sample_model):
+    """Under the upper lip of a wide drawn opening sits a band of teeth about as bright as the skin
+    (not a grey smear), over a dark inside."""
+    region, pts = sample_model.region(FRAMES[0]), sample_model.region_points(FRAMES[0])
+    mouth, look = Mouth(pts), interior_look([region], [pts])
+    gap = 36.0
+    warped = warp_lips(region, pts, target_gap_px=gap, has_interior=False, look=look)
+    up = -vertical_shift(region, warped, mouth.upper_lip, mouth.cols)
+    grey = cv2.cvtColor(warped, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    c0, c1 = mouth.cols
+    top = int(round(mouth.top - up))
+    rows = grey[top:top + int(gap), c0:c1].mean(axis=1)  # row by row down the opening
+    teeth, inside = rows[: int(0.3 * gap)].max(), rows.min()
+    assert teeth >= 0.9 * look.skin_level, (teeth, look.skin_level)
+    assert inside < 0.4 * teeth
