@@ -27,7 +27,7 @@ import numpy as np
 from lipsync_cli.core.calibration import readable_max_open
 from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.core.generator import MouthImage
-from lipsync_cli.core.region import blend_lower_face, smoothstep
+from lipsync_cli.core.region import LOWER_FACE, RESTING_FACE, blend_lower_face, smoothstep
 from lipsync_cli.core.warp import STRETCH_MAX, InteriorLook, chin_after_warp, interior_look, lift_jaw, warp_lips
 from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
@@ -249,5 +249,7 @@ class OwnMouthStream:
         if s != b:
             # a base frame whose jaw hangs lower than the new mouth's has it raised to meet it
             lift_px = float(base_pts[F.CHIN, 1]) - chin_after_warp(pts, target * iod_px)
-            img = blend_lower_face(lift_jaw(base_img, base_pts, lift_px), img, base_pts, pts)
+            # in silence the resting mouth brings the face around it (see RESTING_FACE)
+            outline = LOWER_FACE if params.speech else RESTING_FACE
+            img = blend_lower_face(lift_jaw(base_img, base_pts, lift_px), img, base_pts, pts, outline=outline)
         return MouthImage(img, bounds)

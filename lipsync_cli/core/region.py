@@ -21,6 +21,10 @@ BLEND_RIM_MIN_PX = 50  # this many rim pixels or fewer are too few to measure a 
 BLEND_MAX_GAIN_CHANGE = 0.15  # matching never scales a source channel by more than this factor
 # lower face outline: jaw from one angle to the other, then up the cheek and under the nose
 LOWER_FACE = (58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 410, 322, 2, 92, 186)
+# a resting face: the jaw line from ear to ear, closed across the nose. A closed mouth put on a
+# half-open frame brings its cheeks and nose wings with it: the open frame's around closed lips still
+# read as a mouth about to speak (to the landmark tracker too: talking speaker in silence 0.86 -> 0.88)
+RESTING_FACE = (234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361, 323, 454, 195)
 
 
 def smoothstep(t: np.ndarray) -> np.ndarray:
@@ -58,24 +62,27 @@ def match_colour_on_rim(source: np.ndarray, target: np.ndarray, rim: np.ndarray,
     return cv2.multiply(source, tuple(gain) + (0.0,))
 
 
-def lower_face_mask(shape: tuple[int, int], *point_sets: np.ndarray) -> np.ndarray:
-    """Feathered (H, W) float32 mask in [0, 1] of the lower face (jaw line up to under the nose)
-    outlined by each (468, 2) point set in region pixels; several sets give their union."""
+def lower_face_mask(shape: tuple[int, int], *point_sets: np.ndarray,
+                    outline: tuple[int, ...] = LOWER_FACE) -> np.ndarray:
+    """Feathered (H, W) float32 mask in [0, 1] of the lower face (`outline`: by default the jaw line
+    up to under the nose) outlined by each (468, 2) point set in region pixels; several sets give
+    their union."""
     h, w = shape
     k = MASK_REDUCTION
     mask = np.zeros((h // k, w // k), np.uint8)
     for pts in point_sets:
-        cv2.fillPoly(mask, [np.round(pts[list(LOWER_FACE)] / k).astype(np.int32)], 255)
+        cv2.fillPoly(mask, [np.round(pts[list(outline)] / k).astype(np.int32)], 255)
     grow = max(1, int(LOWER_FACE_GROW_FRACTION * w / k))
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
     small = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), LOWER_FACE_FEATHER_FRACTION * w / k)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def blend_lower_face(base: np.ndarray, src: np.ndarray, base_pts: np.ndarray, src_pts: np.ndarray) -> np.ndarray:
+def blend_lower_face(base: np.ndarray, src: np.ndarray, base_pts: np.ndarray, src_pts: np.ndarray, *,
+                     outline: tuple[int, ...] = LOWER_FACE) -> np.ndarray:
     """`base` (S, S, 3) uint8 with the lower face of `src` (already aligned onto it) blended in under
-    the lower-face mask of both point sets, `src` colour-matched to `base` on the mask's rim."""
-    alpha = lower_face_mask(base.shape[:2], base_pts, src_pts)
+    the mask (`outline`) of both point sets, `src` colour-matched to `base` on the mask's rim."""
+    alpha = lower_face_mask(base.shape[:2], base_pts, src_pts, outline=outline)
     x0, y0, bw, bh = cv2.boundingRect((alpha > BLEND_MIN_ALPHA).astype(np.uint8))
     if bw == 0 or bh == 0:
         return base
