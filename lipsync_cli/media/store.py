@@ -25,9 +25,10 @@ from lipsync_cli.media.models import default_model, find_named_model, model_name
 from lipsync_cli.progress import ProgressFn
 
 DEFAULT_MODEL_LIMIT = 5
-# decoded mouth regions kept per model (320x320x3: 0.3 MB each): a frame's region is asked for by the
-# generator (its base and the frame it takes the mouth from, often the last one again) and by the
-# compositor (the base again, as the reference)
+# decoded mouth regions kept per model (320x320x3: 0.3 MB each): the generator asks for a frame's base
+# and for the frame it takes the mouth from, often the last one again (a third of its lookups hit on
+# the talking speaker). A render's compositor asks for the base once more, but by then the service is
+# far ahead of it and the region is gone (15 hits in 375): that lookup decodes again
 REGION_CACHE_FRAMES = 32
 _DECODE_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                  8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -36,7 +37,9 @@ _DECODE_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMRE
 class Model:
     """One prepared model video: frames and mouth regions (decoded on demand) plus tracking data."""
 
-    def __init__(self, video: Path, cache_file: Path):
+    def __init__(self, video: Path, cache_file: Path, *, source_stat: tuple[int, int] | None = None):
+        """source_stat: the video's (size, mtime_ns) as it was checked against the cache; by default
+        the ones the cache recorded (a copied or touched video has another mtime, same content)."""
         self.video = Path(video)
         self.name = model_name(video)
         self.cache_file = Path(cache_file)
@@ -58,7 +61,7 @@ class Model:
         self.mouth_open: np.ndarray = a["mouth_open"]  # (N,) float32
         self.mouth_width: np.ndarray = a["mouth_width"]  # (N,) float32
         self.face_found: np.ndarray = a["face_found"].astype(bool)
-        self.source_stat = (int(a["source_size_bytes"]), int(a["source_mtime_ns"]))
+        self.source_stat = source_stat or (int(a["source_size_bytes"]), int(a["source_mtime_ns"]))
         self.n_frames = len(self.face_found)
         self.region_px = REGION_PX
         self._regions: LRUCache[int, np.ndarray] = LRUCache(maxsize=REGION_CACHE_FRAMES)
@@ -177,12 +180,11 @@ class ModelStore:
             stat = _stat(video)
             result = prepare_model(video, cache_dir=self.cache_dir, progress=self.progress)
             try:
-                model = Model(video, result.cache)
+                model = Model(video, result.cache, source_stat=stat)
             except CacheError:
                 # damaged after its check (or in a way only a full load shows): rebuild it once
                 result = prepare_model(video, cache_dir=self.cache_dir, force=True, progress=self.progress)
-                model = Model(video, result.cache)
-            model.source_stat = stat
+                model = Model(video, result.cache, source_stat=stat)
             with self._lock:
                 self._models[video] = model  # drops the least recently used past the limit
             return model
