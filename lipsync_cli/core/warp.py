@@ -241,32 +241,43 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     ramp_px = np.maximum(JAW_RAMP_SHARE * (jaw_y - y_bot), SKIN_RAMP_HALF_WIDTHS * hw).astype(np.float32)
     lip_up = 0.5 * (1 + np.cos(np.pi * np.clip(u / LIP_LIFT_HALF_WIDTH, -1, 1)))
 
-    def lower_shift(y: np.ndarray, c: slice) -> np.ndarray:
-        """The jaw's drop at source rows `y` of columns `c`: full right under the lip inside the slit,
-        ramping up beside it, fading out below the jawline."""
-        ramp = slit[c] + (1 - slit[c]) * smoothstep((y - y_bot[c]) / ramp_px[c])
-        return d_low * jaw[c] * ramp * (1 - smoothstep((y - jaw_y[c]) / fade_px))
+    half = np.s_[::2]  # the jaw's drop is worked out on every other row and column (see below)
+    slit_h, y_bot_h, ramp_px_h, jaw_y_h = (np.ascontiguousarray(a[half]) for a in (slit, y_bot, ramp_px, jaw_y))
+    drop_h = np.ascontiguousarray(d_low * jaw[half])
 
-    above = y_top - ys
-    ramp_up = slit_up + (1 - slit_up) * smoothstep(above / (SKIN_RAMP_HALF_WIDTHS * hw))
-    fade_nose = 1 - smoothstep(above / max(NOSE_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX))
-    dy_up = (-d_up * lip_up * ramp_up * fade_nose).astype(np.float32)
+    def lower_shift(y: np.ndarray) -> np.ndarray:
+        """The jaw's drop at source rows `y` of every other column: full right under the lip inside the
+        slit, ramping up beside it, fading out below the jawline."""
+        ramp = slit_h + (1 - slit_h) * smoothstep((y - y_bot_h) / ramp_px_h)
+        return drop_h * ramp * (1 - smoothstep((y - jaw_y_h) / fade_px))
+
     new_top = y_top - d_up * lip_up * slit_up
     new_bot = y_bot + d_low * jaw * slit
+    # rows above the lowest new lower lip take the upper lip's rise or the stretched gap; rows below
+    # the highest one the jaw's drop; only the band between needs both (each is worked out only where needed)
+    rows_n = len(ys)
+    r_hi = int(np.clip(np.ceil(float(new_bot.max()) - y0), 0, rows_n))
+    r_lo = int(np.clip(np.ceil(float(new_bot.min()) - y0), 0, r_hi)) // 2 * 2  # even: the lower field's grid
+    ys_up = ys[:r_hi]
+    above = y_top - ys_up
+    ramp_up = slit_up + (1 - slit_up) * smoothstep(above / (SKIN_RAMP_HALF_WIDTHS * hw))
+    fade_nose = 1 - smoothstep(above / max(NOSE_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX))
+    src_y_up = ys_up + (d_up * lip_up * ramp_up * fade_nose).astype(np.float32)
+    in_gap = (ys_up > new_top) & (ys_up < new_bot)
+    t = np.clip((ys_up - new_top) / np.maximum(new_bot - new_top, MIN_SPAN_PX), 0, 1)
+    src_y_upper = np.where(in_gap, y_top + t * src_gap, src_y_up)
     # destination -> source rows (inverse map): the lower field is smooth, so it is inverted by
     # fixed-point steps on every other row and column and filled in between (a quarter of the work)
-    half = np.s_[::2]
-    ys_c = ys[half]
-    src_c = ys_c - lower_shift(ys_c, half)
+    ys_low = ys[r_lo:]
+    ys_c = ys_low[half]
+    src_c = ys_c - lower_shift(ys_c)
     for _ in range(INVERSE_STEPS):
-        src_c = ys_c - lower_shift(src_c, half)
-    src_y_low = ys + _upsample2(src_c - ys_c, *map_shape)
-    src_y_up = ys - dy_up
-    in_gap = (ys > new_top) & (ys < new_bot)
-    t = np.clip((ys - new_top) / np.maximum(new_bot - new_top, MIN_SPAN_PX), 0, 1)
-    src_y_gap = y_top + t * src_gap
-    lower_side = ys >= new_bot
-    map_y = np.where(lower_side, src_y_low, np.where(in_gap, src_y_gap, src_y_up)).astype(np.float32)
+        src_c = ys_c - lower_shift(src_c)
+    src_y_low = ys_low + _upsample2(src_c - ys_c, rows_n - r_lo, map_shape[1])
+    map_y = np.empty(map_shape, np.float32)
+    map_y[:r_lo] = src_y_upper[:r_lo]
+    map_y[r_lo:r_hi] = np.where(ys[r_lo:r_hi] >= new_bot, src_y_low[:r_hi - r_lo], src_y_upper[r_lo:])
+    map_y[r_hi:] = src_y_low[r_hi - r_lo:]
     bell_x = np.exp(-(((xs - cx) / (SPREAD_HALF_WIDTHS * hw)) ** 2))  # a Gaussian: one row times one column
     bell_y = np.exp(-(((ys - (y_top_c + y_bot_c) / 2) / (SPREAD_HALF_HEIGHTS * hw)) ** 2))
     map_x = (xs - ((xs - cx) * (1 - 1 / scale_x) * bell_x) * bell_y).astype(np.float32)
@@ -274,15 +285,18 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     patch = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # the source's own inner mouth is stretched up to STRETCH_MAX; past that it would smear, so it is drawn
     stretch_ok = has_interior & (src_gap >= MIN_STRETCH_GAP_PX) & (src_gap * STRETCH_MAX >= new_bot - new_top)
-    need = in_gap & ~stretch_ok & (new_bot - new_top > MIN_DRAWN_GAP_PX)
+    need = in_gap & ~stretch_ok & (new_bot - new_top > MIN_DRAWN_GAP_PX)  # rows below r_hi are never in the gap
     rows, cols = np.flatnonzero(need.any(axis=1)), np.flatnonzero(need.any(axis=0))
     if len(rows):
         # only the box around the opening (and its soft edge) is painted: the window is the whole jaw
-        r0, r1 = max(0, rows[0] - INTERIOR_MARGIN_PX), min(len(ys), rows[-1] + 1 + INTERIOR_MARGIN_PX)
+        r0, r1 = max(0, rows[0] - INTERIOR_MARGIN_PX), min(rows_n, rows[-1] + 1 + INTERIOR_MARGIN_PX)
         c0, c1 = max(0, cols[0] - INTERIOR_MARGIN_PX), min(len(xs), cols[-1] + 1 + INTERIOR_MARGIN_PX)
+        need_box, t_box = np.zeros((r1 - r0, c1 - c0), bool), np.ones((r1 - r0, c1 - c0), np.float32)
+        need_box[:r_hi - r0] = need[r0:r1, c0:c1]  # below the gap t is 1 (at the lower lip) and nothing is needed
+        t_box[:r_hi - r0] = t[r0:r1, c0:c1]
         box = np.s_[r0:r1, c0:c1]
         look = look or interior_look([img], [pts])
-        patch[box] = _draw_interior(patch[box], need[box], t[box], u[c0:c1], new_top[c0:c1], new_bot[c0:c1],
+        patch[box] = _draw_interior(patch[box], need_box, t_box, u[c0:c1], new_top[c0:c1], new_bot[c0:c1],
                                     look, 2 * hw)
     out = img.copy()
     out[y0:y1, x0:x1] = patch
@@ -329,7 +343,7 @@ def _draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inne
     deep = smoothstep(full_gap / max(DEEP_GAP_SHARE * inner_width_px, 1.0))
     back = np.exp(-((au / BACK_HALF_WIDTH_U) ** 2 + ((t - BACK_CENTRE_T) / BACK_HALF_HEIGHT_T) ** 2))
     shade = WALL_SHADE - (WALL_SHADE - BACK_SHADE) * deep * back
-    colour = (lip * np.array(INTERIOR_TINT_BGR, np.float32))[None, None, :] * shade[..., None]
+    colour = ((lip * np.array(INTERIOR_TINT_BGR, np.float32))[None, None, :] * shade[..., None]).astype(np.float32)
     ivory = np.array(TEETH_TINT_BGR, np.float32)
     level = min(TEETH_MAX_LEVEL, max(TEETH_MIN_LEVEL, TEETH_SKIN_GAIN * look.skin_level))
     if full_gap > TONGUE_MIN_GAP_PX:  # tongue: a mound low in the mouth, lit on top
@@ -337,23 +351,31 @@ def _draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inne
         top = TONGUE_HEIGHT_SHARE * gap_px * np.sqrt(np.clip(1 - (au / TONGUE_HALF_WIDTH) ** 2, 0, 1))
         on = np.clip((top - height_px) / TEETH_EDGE_PX, 0, 1)
         light = TONGUE_LOW_SHADE + (TONGUE_TOP_SHADE - TONGUE_LOW_SHADE) * np.clip(height_px / np.maximum(top, 1), 0, 1)
-        m = (TONGUE_OPACITY * show * on)[..., None]
-        colour = colour * (1 - m) + (lip * np.array(TONGUE_TINT_BGR, np.float32)) * light[..., None] * m
+        tongue = lip * np.array(TONGUE_TINT_BGR, np.float32)
+        _lay_over(colour, TONGUE_OPACITY * show * on, lambda r: tongue * light[r][..., None])
     if full_gap > TEETH_MIN_GAP_PX:  # upper teeth: a band under the upper lip, narrowing to the sides
         show = smoothstep((full_gap - TEETH_MIN_GAP_PX) / (TEETH_FULL_GAP_PX - TEETH_MIN_GAP_PX))
         band = np.minimum(TEETH_GAP_SHARE * gap_px, TEETH_WIDTH_SHARE * inner_width_px)
         on, light = _teeth(depth_px, band, au / TEETH_HALF_SPAN, TEETH_ROOT_LIGHT)
-        m = (TEETH_OPACITY * show * on)[..., None]
-        colour = colour * (1 - m) + ivory * (level * light)[..., None] * m
+        _lay_over(colour, TEETH_OPACITY * show * on, lambda r: ivory * (level * light[r])[..., None])
     if full_gap > LOWER_TEETH_MIN_GAP_PX:  # lower teeth: a dim edge just above the lower lip's middle
         band = LOWER_TEETH_GAP_SHARE * (gap_px - LOWER_TEETH_MIN_GAP_PX)
         on, light = _teeth(height_px, band, au / LOWER_TEETH_HALF_SPAN, TEETH_ROOT_LIGHT)
-        m = (TEETH_OPACITY * on)[..., None]
-        colour = colour * (1 - m) + ivory * (level * LOWER_TEETH_LIGHT * light)[..., None] * m
+        _lay_over(colour, TEETH_OPACITY * on, lambda r: ivory * (level * LOWER_TEETH_LIGHT * light[r])[..., None])
     kernel = (EDGE_BLUR_KERNEL_PX, EDGE_BLUR_KERNEL_PX)
     alpha = cv2.GaussianBlur(need.astype(np.float32), kernel, EDGE_BLUR_SIGMA_PX)[..., None]
-    colour = cv2.GaussianBlur(colour.astype(np.float32), (0, 0), COLOUR_BLUR_SIGMA_PX)
+    colour = cv2.GaussianBlur(colour, (0, 0), COLOUR_BLUR_SIGMA_PX)
     return (patch.astype(np.float32) * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+
+
+def _lay_over(colour: np.ndarray, opacity: np.ndarray, paint) -> None:
+    """Lay `paint(rows)` (a row slice -> (rows, C, 3)) over `colour` (R, C, 3) float32 in place, at
+    `opacity` (R, C); only the rows the opacity reaches are worked on (a layer covers a band)."""
+    rows = np.flatnonzero(opacity.any(axis=1))
+    if len(rows):
+        r = np.s_[rows[0]:rows[-1] + 1]
+        m = opacity[r][..., None]
+        colour[r] = colour[r] * (1 - m) + paint(r) * m
 
 
 def _teeth(depth_px, height_px, side, root_light: float):
