@@ -18,6 +18,7 @@ from lipsync_cli.core.driver import (
 )
 from lipsync_cli.core.motion import LIVE_MOTION, PHONETIC_MOTION, Follower, Motion
 from lipsync_cli.core.hops import (
+    FAINT_BELOW_LEVEL_DB,
     HANGOVER_MS,
     HOP_MS,
     LIPS_APART_OPEN,
@@ -190,6 +191,18 @@ def test_lips_part_in_voiced_speech_and_not_in_a_breath():
     assert warmed_tracker().step(consonant, loud=False).open < LIPS_APART_OPEN
     murmur = VOWEL._replace(f1_db=-55.0, high_db=-60.0, total_db=-30.0, f2_centroid_hz=1200.0)
     assert warmed_tracker().step(murmur, loud=True).open == 0.0  # a closure stays shut
+
+
+def test_a_faint_hop_is_heard_as_silence_by_the_phonetic_driver():
+    # a phone's opening is scaled by how much of a voice its hop is: a breath or a word's fading tail
+    # far under the speech level rests the lips; speech near its level keeps the full opening
+    tracker = warmed_tracker()
+    assert TargetTracker().voiced_share(VOWEL) == 1.0  # nothing heard yet: no level to compare with
+    assert tracker.voiced_share(VOWEL) == 1.0
+    assert tracker.voiced_share(shifted(VOWEL, -15.0)) == 1.0
+    shares = [tracker.voiced_share(shifted(VOWEL, -d)) for d in range(15, 60, 3)]
+    assert shares == sorted(shares, reverse=True) and shares[-1] == 0.0
+    assert tracker.voiced_share(shifted(VOWEL, tracker.level_db - FAINT_BELOW_LEVEL_DB - VOWEL.total_db)) == 0.0
 
 
 def test_high_and_low_centroids_spread_and_round_the_lips():

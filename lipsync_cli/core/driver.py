@@ -311,7 +311,10 @@ class MouthDriver:
             # and the target comes from the phone instead of the spectrum
             loud = self.gate.push(hop.hop_db, voice=label is None or is_phone(label))
             target = self.tracker.step(hop, loud=loud)
-            self.smoother.add(target if label is None else phone_target(label))
+            if label is not None:  # a faint phone (a breath, a word's fading tail) opens less, down to rest
+                phone = phone_target(label)
+                target = phone._replace(open=phone.open * self.tracker.voiced_share(hop))
+            self.smoother.add(target)
             self.hops_in += 1
         out = []
         while self.frames_out < total_frames:

@@ -54,6 +54,8 @@ LIPS_APART_OPEN = 0.15  # in speech the lips part on every sound but P/B/M: a lo
 LIPS_APART_WITHIN_DB = 12.0  # is within this much of the speech level (voice, not a breath) opens at
 # least LIPS_APART_OPEN, so that the lips together mean a closure or silence, as on a person
 SIBILANT_ABOVE_TOTAL_DB = -6.0  # high band within this much of the total level: a hiss, not closed
+FAINT_BELOW_LEVEL_DB = 30.0  # a phone whose whole spectrum lies this far under the speech level is a breath or
+FAINT_RAMP_DB = 10.0  # a fading tail, heard as silence: its lips rest; from this much louder they open in full
 WIDE_AT_AVERAGE = 0.3  # lips a little spread at the speaker's average second-formant centroid
 WIDE_PER_HZ = 1 / 1000  # centroid above the speaker's average -> spread lips
 WIDE_ON_HISS = 0.6  # S, Z, SH: teeth together, lips spread
@@ -339,6 +341,15 @@ class TargetTracker:
         if loud and not closure and m.total_db > self.level_db - LIPS_APART_WITHIN_DB:
             open_ = max(open_, LIPS_APART_OPEN)
         return HopTarget(open_, wide, round_, closure)
+
+
+    def voiced_share(self, m: Hop) -> float:
+        """0..1: how much hop `m` is heard as voice, from its whole level under the speech level
+        (0 from FAINT_BELOW_LEVEL_DB under it, 1 from FAINT_RAMP_DB louder than that; 1 before any speech)."""
+        if self.level_db is None:
+            return 1.0
+        t = clip01((m.total_db - self.level_db + FAINT_BELOW_LEVEL_DB) / FAINT_RAMP_DB)
+        return t * t * (3 - 2 * t)
 
 
 def clip01(x: float) -> float:
