@@ -22,7 +22,6 @@ import av
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -31,7 +30,7 @@ from lipsync_cli.core.generators import make_generator
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio, resample
 from lipsync_cli.media.store import ModelStore
 from lipsync_cli.web.bridge import BRIDGE_PATH, decode_frame
-from lipsync_cli.web.http_server import LoopbackHostGuard, create_app
+from lipsync_cli.web.http_server import create_server
 from lipsync_cli.web.options import HttpOptions
 from tests.conftest import SAMPLE_SPEECH, SAMPLE_VIDEO, write_wav
 from tests.fake_realtime_webrtc import EPHEMERAL_KEY, FakeRealtimeWebRTC
@@ -47,28 +46,19 @@ MIC_WATCH_S = 9.0
 
 
 class _Server:
-    """The real app (create_app with a generator: the bridge is on), behind the loopback Host guard."""
+    """The real server from its factory (`create_server`, the app with a generator: the bridge is on)."""
 
     def __init__(self, store: ModelStore, slots: threading.BoundedSemaphore | None = None,
                  options: HttpOptions | None = None):
         options = options or HttpOptions(openai_api_key=None, token_secret=None)
-        app = LoopbackHostGuard(create_app(store, options, generator=make_generator(), slots=slots))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
+        self.server, self.port = create_server(store, options, generator=make_generator(), slots=slots)
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}{BRIDGE_PATH}"
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.server.stop()
 
 
 HEVC_FRAMES = 12
@@ -155,7 +145,8 @@ def test_bridge_streams_the_engine_frames(served, store):
     """Each frame of a clip comes back once, in order, as the engine makes it, then 1000."""
     rate_hz = 16_000
     pcm = _speech_pcm16(rate_hz)
-    with connect(served.ws_url) as ws:
+    with connect(served.ws_url) as ws:  # the client offers permessage-deflate; JPEG frames are not worth it
+        assert "deflate" not in ws.response.headers.get("Sec-WebSocket-Extensions", "")
         ws.send(json.dumps({"model": "avatar", "sample_rate_hz": rate_hz, "first_frame": 3}))
         ready = json.loads(ws.recv(timeout=60))
         assert ready["type"] == "ready" and ready["n_frames"] == 200 and ready["fps"] == 25

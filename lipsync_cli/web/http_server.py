@@ -308,9 +308,10 @@ def create_server(store: ModelStore, options: HttpOptions, *, host: str = "127.0
     bound_port = sock.getsockname()[1]
     # log_config None: logging is the caller's to configure (the CLI does). proxy_headers off: by
     # default uvicorn believes X-Forwarded-For from 127.0.0.1, which would let any local caller pick
-    # the client address the token rate limit counts by
+    # the client address the token rate limit counts by. No WebSocket compression: the bridge sends
+    # JPEG, which deflate cannot shrink, and compressing it cost more CPU than making the mouth's JPEG
     config = uvicorn.Config(app, log_config=None, lifespan="off", server_header=False, proxy_headers=False,
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_per_message_deflate=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="lipsync-http", daemon=True)
     thread.start()
