@@ -225,11 +225,11 @@ def serve(
 def live(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or video path "
                                         "(default: the only model found, else the bundled sample)."),
+    list_devices: bool = typer.Option(False, "--list-devices", help="List the audio devices and exit."),
     input: Optional[Path] = typer.Option(None, "--input", help="Play this audio file as if it were the "
                                          "microphone (and on the speakers), in real time."),
     device: Optional[str] = typer.Option(None, "--device", help="Microphone: device index or part of its "
                                          "name (see --list-devices)."),
-    list_devices: bool = typer.Option(False, "--list-devices", help="List the audio devices and exit."),
     record: Optional[Path] = typer.Option(None, "--record", help="Write what is shown, with its sound, "
                                           "to this MP4."),
     duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="Stop after this many "

@@ -29,29 +29,24 @@ MIN_SEGMENT_S = 120.0  # ... and at least, unless the audio ends first. Long seg
 CUT_WINDOW_MS = 200  # a segment is cut in the middle of the quietest window this long
 SILENCE = "SIL"
 
-# open, wide, round, closure: a person's mouth on each ARPAbet phone in running speech (jaw low on
-# open vowels, lips spread on front vowels and sibilants, rounded on back vowels and W, shut on P/B/M)
-_TARGETS: dict[str, tuple[float, float, float, bool]] = {
-    "AA": (0.95, 0.2, 0.0, False), "AE": (0.85, 0.5, 0.0, False), "AH": (0.7, 0.3, 0.0, False),
-    "AO": (0.8, 0.0, 0.5, False), "AW": (0.85, 0.2, 0.3, False), "AY": (0.9, 0.3, 0.0, False),
-    "EH": (0.7, 0.5, 0.0, False), "EY": (0.6, 0.6, 0.0, False), "ER": (0.35, 0.1, 0.4, False),
-    "IH": (0.45, 0.6, 0.0, False), "IY": (0.3, 0.8, 0.0, False), "OW": (0.55, 0.0, 0.8, False),
-    "OY": (0.6, 0.0, 0.6, False), "UH": (0.4, 0.0, 0.6, False), "UW": (0.25, 0.0, 1.0, False),
-    "P": (0.0, 0.0, 0.0, True), "B": (0.0, 0.0, 0.0, True), "M": (0.0, 0.0, 0.0, True),
-    "F": (0.1, 0.3, 0.0, False), "V": (0.1, 0.3, 0.0, False),
-    "TH": (0.25, 0.4, 0.0, False), "DH": (0.25, 0.4, 0.0, False),
-    "T": (0.25, 0.4, 0.0, False), "D": (0.25, 0.4, 0.0, False), "N": (0.25, 0.4, 0.0, False),
-    "L": (0.35, 0.3, 0.0, False), "S": (0.15, 0.6, 0.0, False), "Z": (0.15, 0.6, 0.0, False),
-    "SH": (0.2, 0.0, 0.6, False), "ZH": (0.2, 0.0, 0.6, False), "CH": (0.2, 0.0, 0.6, False),
-    "JH": (0.2, 0.0, 0.6, False), "K": (0.35, 0.3, 0.0, False), "G": (0.35, 0.3, 0.0, False),
-    "NG": (0.3, 0.3, 0.0, False), "HH": (0.5, 0.3, 0.0, False), "R": (0.25, 0.0, 0.5, False),
-    "W": (0.15, 0.0, 1.0, False), "Y": (0.25, 0.7, 0.0, False),
-}
+# a person's mouth in running speech, (open, wide, round), and the ARPAbet phones that take it: jaw
+# low on open vowels, lips spread on front vowels and sibilants, rounded on back vowels and W
+_MOUTHS: tuple[tuple[tuple[float, float, float], str], ...] = (
+    ((0.95, 0.2, 0.0), "AA"), ((0.85, 0.5, 0.0), "AE"), ((0.7, 0.3, 0.0), "AH"), ((0.8, 0.0, 0.5), "AO"),
+    ((0.85, 0.2, 0.3), "AW"), ((0.9, 0.3, 0.0), "AY"), ((0.7, 0.5, 0.0), "EH"), ((0.6, 0.6, 0.0), "EY"),
+    ((0.35, 0.1, 0.4), "ER"), ((0.45, 0.6, 0.0), "IH"), ((0.3, 0.8, 0.0), "IY"), ((0.55, 0.0, 0.8), "OW"),
+    ((0.6, 0.0, 0.6), "OY"), ((0.4, 0.0, 0.6), "UH"), ((0.25, 0.0, 1.0), "UW"),
+    ((0.1, 0.3, 0.0), "F V"), ((0.25, 0.4, 0.0), "TH DH T D N"), ((0.35, 0.3, 0.0), "L K G"),
+    ((0.15, 0.6, 0.0), "S Z"), ((0.2, 0.0, 0.6), "SH ZH CH JH"), ((0.3, 0.3, 0.0), "NG"),
+    ((0.5, 0.3, 0.0), "HH"), ((0.25, 0.0, 0.5), "R"), ((0.15, 0.0, 1.0), "W"), ((0.25, 0.7, 0.0), "Y"),
+)
+CLOSURES = ("P", "B", "M")  # the lips shut
 OPEN_GAIN = 1.25  # the slower render motion reaches less of each target: this brings the driver's 95th
 # percentile of `open` in speech back to that of the live driver (about 0.7), the opening the generator is sized for
 PHONE_TARGETS: dict[str, HopTarget] = {
-    label: HopTarget(min(1.0, OPEN_GAIN * open_), wide, round_, closure)
-    for label, (open_, wide, round_, closure) in _TARGETS.items()
+    **{label: HopTarget(min(1.0, OPEN_GAIN * open_), wide, round_, False)
+       for (open_, wide, round_), labels in _MOUTHS for label in labels.split()},
+    **{label: HopTarget(0.0, 0.0, 0.0, True) for label in CLOSURES},
 }
 
 

@@ -10,7 +10,6 @@ driving source onto the timeline in real time.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from lipsync_cli.errors import DeviceError
 from lipsync_cli.live.agent import REALTIME_RATE_HZ, AnswerAudio
 from lipsync_cli.live.audio_io import READ_TIMEOUT_S, AnswerSource, AudioSource, MessageFn, MicSource, PacedFile, Speaker
 from lipsync_cli.live.timeline import SoundOut, Timeline
+from lipsync_cli.live.worker import Worker
 from lipsync_cli.media.audio import aac_rate_for, load_audio, resample, to_mono
 
 # a played file's (or an agent's answer's) sound waits this long, what the service needs to decide a mouth
@@ -68,7 +68,7 @@ def open_audio(*, input: Path | None, device: str | None, agent: bool, on_messag
             yield LiveAudio(opened(MicSource(device)), None)
 
 
-class AudioPump:
+class AudioPump(Worker):
     """The audio thread: the source's blocks, in real time, onto the timeline, and FEED_AHEAD_MS of what
     the source already knows is coming (agent answers) to the service. Runs inside `with`; a failure
     (a microphone gone) is kept in `error` for the main thread."""
@@ -77,16 +77,7 @@ class AudioPump:
         self.source, self.timeline = source, timeline
         self.error: Exception | None = None
         self._ahead_samples = timeline.rate_hz * FEED_AHEAD_MS // 1000
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audio", daemon=True)
-
-    def __enter__(self) -> AudioPump:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        super().__init__("audio")
 
     def _run(self) -> None:
         last_block_s = time.monotonic()

@@ -17,6 +17,7 @@ from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError, ServiceFullError
 from lipsync_cli.live.audio_io import READ_TIMEOUT_S, MessageFn
+from lipsync_cli.live.worker import Worker
 from lipsync_cli.media.store import Model
 from lipsync_cli.rpc.client import LipSyncClient
 
@@ -33,7 +34,7 @@ class Arrival(NamedTuple):
     arrived_at_s: float  # time.monotonic() when it came back
 
 
-class LipStream:
+class LipStream(Worker):
     """Audio in (`feed`), mouths out (`frames`, a queue of Arrival), across failures of the service.
 
     Use as a context manager: the thread runs inside the `with`.
@@ -54,17 +55,10 @@ class LipStream:
         self._blocks: queue.Queue | None = None  # the running call's input, None while there is none
         self._start_sample = 0
         self._call_done = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lip-stream", daemon=True)
+        super().__init__("lip-stream")
 
-    def __enter__(self) -> LipStream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._call_done.set()
-        self._thread.join(timeout=5)
+    def _wake(self) -> None:
+        self._call_done.set()  # the thread may be waiting for the running call to end
 
     def away(self, now_s: float) -> bool:
         """Whether the service gives nothing now: not streaming, or no frame for STALL_S."""
