@@ -342,7 +342,6 @@ class TargetTracker:
             open_ = max(open_, LIPS_APART_OPEN)
         return HopTarget(open_, wide, round_, closure)
 
-
     def voiced_share(self, m: Hop) -> float:
         """0..1: how much hop `m` is heard as voice, from its whole level under the speech level
         (0 from FAINT_BELOW_LEVEL_DB under it, 1 from FAINT_RAMP_DB louder than that; 1 before any speech)."""
