@@ -34,13 +34,18 @@ START_S = 8.0  # the session's start (imports, the model, the window) before the
 GAP_S = 1.0
 
 
-def run_checkout(checkout: Path, probe_cache: Path, bursts: int, tmp: Path) -> list[float]:
-    """One live session of `checkout`'s CLI, probed; sound -> screen of each burst seen (ms)."""
+def prepare(checkout: Path, cache: Path) -> None:
+    """The sample prepared by `checkout`'s own CLI into `cache` (cache formats differ between revisions)."""
+    subprocess.run([sys.executable, "-c", CLI, "prepare", str(SAMPLE_VIDEO), "--cache-dir", str(cache)],
+                   env={**os.environ, "PYTHONPATH": str(checkout)}, cwd=checkout, check=True, capture_output=True)
+
+
+def run_checkout(checkout: Path, cache: Path, probe_cache: Path, bursts: int, tmp: Path) -> list[float]:
+    """One live session of `checkout`'s CLI on its prepared `cache`, probed; sound -> screen of each
+    burst seen (ms)."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    cache = tmp / f"cache-{abs(hash(str(checkout)))}"
     video = str(SAMPLE_VIDEO)
-    subprocess.run([sys.executable, "-c", CLI, "prepare", video, "--cache-dir", str(cache)], env=env, cwd=checkout,
-                   check=True, capture_output=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     burst = tmp / "burst.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(burst), "Ah."], check=True)
     with virtual_display() as display, virtual_sound(tmp / "pulse") as sound:
@@ -67,9 +72,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         probe_cache = Path(tmp) / "probe-cache"
         ModelStore(cache_dir=probe_cache).get(SAMPLE_VIDEO)  # the probe finds the window with this checkout's model
+        caches = [Path(tmp) / f"cache-{k}" for k in range(len(args.checkouts))]
+        for checkout, cache in zip(args.checkouts, caches):
+            prepare(checkout.resolve(), cache)
         for run in range(1, args.repeat + 1):
-            for checkout in args.checkouts:
-                ms = run_checkout(checkout.resolve(), probe_cache, args.bursts, Path(tmp) / f"run{run}")
+            for checkout, cache in zip(args.checkouts, caches):
+                work = Path(tmp) / f"run{run}-{cache.name}"
+                ms = run_checkout(checkout.resolve(), cache, probe_cache, args.bursts, work)
                 figures = "p50 {:5.0f} ms  p95 {:5.0f} ms".format(*np.percentile(ms, [50, 95])) if ms else "-"
                 print(f"run {run}: {str(checkout):40s} {len(ms)}/{args.bursts} bursts seen   sound->screen {figures}"
                       f"   [load {os.getloadavg()[0]:.1f}]", flush=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,8 +29,8 @@ from pathlib import Path
 import cv2  # noqa: F401  (cv2 before av)
 
 from common import SHARED_DATA, SPEAKER_VIDEO, need, show
+from render_bench import transcode_s
 from lipsync_cli.media.store import ModelStore
-from lipsync_cli.media.video import DEFAULT_CRF, DEFAULT_PRESET
 from lipsync_cli.render.pipeline import RenderOptions, render
 from lipsync_cli.rpc import client as rpc_client
 
@@ -92,16 +91,6 @@ def _kind(thread_name: str) -> str:
     return thread_name if thread_name in ("MainThread", "profile-poll") else "other Python (gRPC)"
 
 
-def transcode_cpu_s(video: Path, n_frames: int, out: Path) -> float:
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(video), "-frames:v",
-           str(n_frames), "-an", "-c:v", "libx264", "-preset", DEFAULT_PRESET, "-crf", str(DEFAULT_CRF),
-           "-pix_fmt", "yuv420p", str(out)]
-    before = os.times()
-    subprocess.run(cmd, check=True)
-    after = os.times()
-    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video", type=Path, default=SPEAKER_VIDEO)
@@ -125,7 +114,7 @@ def main() -> None:
             summary = render(need(args.speech), Path(tmp) / "out.mp4", options=RenderOptions(model=str(args.video)),
                              store=store)
             wall_s = time.perf_counter() - t0
-        ffmpeg_s = transcode_cpu_s(args.video, summary.frames, Path(tmp) / "transcode.mp4")
+        _, ffmpeg_s = transcode_s(args.video, summary.frames, Path(tmp) / "transcode.mp4")
     n = summary.frames
     rows = [("frames", f"{n} at {summary.width}x{summary.height}"),
             ("render wall", f"{wall_s:.1f} s; first frame back after {first_frame[0] - t0:.2f} s"

@@ -22,6 +22,8 @@ from typing import Generic, NamedTuple, TypeVar
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from lipsync_cli.core.region import smoothstep
+
 HOP_MS = 10  # analysis step
 WINDOW_MS = 25  # spectral analysis window, centred on each hop
 F1_BAND_HZ = (450, 1200)  # first formant of open vowels
@@ -347,8 +349,7 @@ class TargetTracker:
         (0 from FAINT_BELOW_LEVEL_DB under it, 1 from FAINT_RAMP_DB louder than that; 1 before any speech)."""
         if self.level_db is None:
             return 1.0
-        t = clip01((m.total_db - self.level_db + FAINT_BELOW_LEVEL_DB) / FAINT_RAMP_DB)
-        return t * t * (3 - 2 * t)
+        return float(smoothstep((m.total_db - self.level_db + FAINT_BELOW_LEVEL_DB) / FAINT_RAMP_DB))
 
 
 def clip01(x: float) -> float:
