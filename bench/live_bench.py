@@ -101,7 +101,7 @@ def file_path(model: str, audio: Path, seconds: float, tmp: Path) -> None:
                        on_message=messages.append)
     for m in messages:
         print(f"  ({m})")
-    print(f"  capture -> frame ready: p50 {summary.ready_p50_ms:5.0f} ms  p95 {summary.ready_p95_ms:5.0f} ms")
+    print(f"  capture -> frame ready: p50 {summary.ready_p50_ms:5.1f} ms  p95 {summary.ready_p95_ms:5.1f} ms")
     print(f"  frames shown {summary.frames_shown}, dropped {summary.frames_dropped} (goal 0), "
           f"idle {summary.idle_frames}, first frame after {summary.first_frame_s:.2f} s (goal < 1.5 s)"
           f"   [{load_before}; after: {_load()}]")
@@ -110,7 +110,7 @@ def file_path(model: str, audio: Path, seconds: float, tmp: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(SAMPLE_VIDEO))
-    parser.add_argument("--bursts", type=int, default=20)
+    parser.add_argument("--bursts", type=int, default=20, help="part 1's bursts; 0: skip part 1")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--audio", type=Path, default=SPEECH_20S)
     parser.add_argument("--seconds", type=float, default=30.0, help="part 2's length; 0: skip part 2")
@@ -119,12 +119,13 @@ def main() -> None:
     store.get(store.resolve(args.model))  # prepared before any clock starts
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(1, args.repeat + 1):
-            print(f"run {run}/{args.repeat}: microphone (a PulseAudio null sink), window under Xvfb, "
-                  f"{args.bursts} bursts of {BURST_TEXT!r}")
-            try:
-                sound_to_screen(args.model, store.cache_dir, args.bursts, Path(tmp) / f"run{run}")
-            except Unavailable as exc:
-                print(f"  skipped: {exc}")
+            if args.bursts > 0:
+                print(f"run {run}/{args.repeat}: microphone (a PulseAudio null sink), window under Xvfb, "
+                      f"{args.bursts} bursts of {BURST_TEXT!r}")
+                try:
+                    sound_to_screen(args.model, store.cache_dir, args.bursts, Path(tmp) / f"run{run}")
+                except Unavailable as exc:
+                    print(f"  skipped: {exc}")
             if args.seconds > 0:
                 print(f"run {run}/{args.repeat}: {args.audio.name} looped to {args.seconds:.0f} s as the "
                       "microphone, headless")

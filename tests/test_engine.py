@@ -3,10 +3,14 @@ RenderClip over a real gRPC server, which must all give the same frames."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from conftest import SAMPLE_SPEECH
+from helpers import wait_until
 from lipsync_cli.core.engine import LiveEngine, MouthFrame, render_clip
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.timing import frame_count, ping_pong
@@ -142,3 +146,105 @@ def test_render_clip_over_grpc_is_the_engines_clip(store, sample_model, generato
         server.stop(grace=None)
     # over the wire: PCM16 audio, a JPEG image, float32 numbers
     _same_mouths(remote, phonetic_clip, over_the_wire=True)
+
+
+# --- the live session's in-process stream (`live.stream.EngineStream`) ---------------------------
+
+FEED_BLOCK_SAMPLES = SAMPLE_RATE_HZ // 50  # 20 ms, as a microphone's blocks
+
+
+class _Gated:
+    """The generator, but renders from the `hold_from`-th on wait for `go`, and all raise `fail` if set."""
+
+    def __init__(self, inner, *, hold_from: int = 0, fail: Exception | None = None):
+        self.inner, self.hold_from, self.fail = inner, hold_from, fail
+        self.go = threading.Event()
+        self.renders = 0
+
+    def open_stream(self, model):
+        stream, gate = self.inner.open_stream(model), self
+
+        class Stream:
+            def render(self, **kwargs):
+                if gate.fail is not None:
+                    raise gate.fail
+                gate.renders += 1
+                if gate.renders > gate.hold_from:
+                    gate.go.wait(30)
+                return stream.render(**kwargs)
+        return Stream()
+
+
+def _feed(lip, samples: np.ndarray, start: int) -> int:
+    for k in range(0, len(samples), FEED_BLOCK_SAMPLES):
+        lip.feed(samples[k:k + FEED_BLOCK_SAMPLES], start + k, float(start + k))
+    return start + len(samples)
+
+
+def _arrivals(lip, count: int) -> list:
+    got = []
+    while len(got) < count:
+        got.append(lip.frames.get(timeout=30))
+    return got
+
+
+def test_the_in_process_live_stream_gives_the_engines_mouths_on_their_slots(sample_model, generator, speech_16k,
+                                                                          clip):
+    from lipsync_cli.live.stream import EngineStream
+
+    lip = EngineStream(sample_model, generator, rate_hz=SAMPLE_RATE_HZ)
+    with lip:
+        _feed(lip, speech_16k, 0)
+        # a live stream never ends: the last frames wait for audio past the clip (the driver's lookahead)
+        got = _arrivals(lip, len(clip) - 3)
+    assert [a.slot for a in got] == list(range(len(got)))
+    assert [a.mouth.captured_at_s for a in got] == sorted(a.mouth.captured_at_s for a in got)
+    _same_mouths([a.mouth for a in got], clip[:len(got)], over_the_wire=False)
+    assert lip.error is None and lip.lost == 0 and not lip.away(got[-1].arrived_at_s)
+
+
+def test_a_stuck_in_process_stream_starts_again_at_the_next_frame_boundary(sample_model, generator, speech_16k):
+    from lipsync_cli.live.stream import STREAM_QUEUE_BLOCKS, EngineStream
+
+    gated = _Gated(generator, hold_from=5)  # the engine hangs on its sixth frame...
+    lip = EngineStream(sample_model, gated, rate_hz=SAMPLE_RATE_HZ)
+    fps = sample_model.fps
+    with lip:
+        fed = _feed(lip, speech_16k[:SAMPLE_RATE_HZ], 0)
+        first = _arrivals(lip, 5)
+        assert wait_until(lambda: gated.renders > 5)
+        # ...while the audio goes on past what its queue holds
+        fed = _feed(lip, np.zeros((STREAM_QUEUE_BLOCKS + 10) * FEED_BLOCK_SAMPLES, np.float32), fed)
+        overflow_slot = frame_count(fed, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ)
+        gated.go.set()
+        later: list = []
+        k = 0
+        while len([a for a in later if a.slot >= overflow_slot]) < 5:  # the audio goes on, in real time
+            fed = _feed(lip, speech_16k[k:k + FEED_BLOCK_SAMPLES], fed)
+            k = (k + FEED_BLOCK_SAMPLES) % (len(speech_16k) - FEED_BLOCK_SAMPLES)
+            time.sleep(0.005)
+            while not lip.frames.empty():
+                later.append(lip.frames.get())
+            assert len(later) < 2000, "no mouths after the stuck call"
+    assert [a.slot for a in first] == [0, 1, 2, 3, 4]
+    stuck = [a.slot for a in later if a.slot < overflow_slot]
+    new = [a.slot for a in later if a.slot >= overflow_slot]
+    # the hung push finishes, the rest of the stuck call's audio is dropped, and a new call begins at a
+    # frame boundary after the audio fed so far, its frames following on, each on its own model frame
+    assert stuck in ([5], [5, 6]), stuck
+    assert new == list(range(new[0], new[0] + len(new))) and new[0] <= frame_count(fed, fps=fps,
+                                                                                  sample_rate_hz=SAMPLE_RATE_HZ)
+    for a in later:
+        assert a.mouth.model_frame == ping_pong(a.slot, sample_model.n_frames), a.slot
+    assert lip.error is None
+
+
+def test_a_failing_in_process_stream_hands_its_error_to_the_session(sample_model, generator, speech_16k):
+    from lipsync_cli.live.stream import EngineStream
+
+    gated = _Gated(generator, fail=RuntimeError("the generator broke"))
+    lip = EngineStream(sample_model, gated, rate_hz=SAMPLE_RATE_HZ)
+    with lip:
+        _feed(lip, speech_16k[:SAMPLE_RATE_HZ], 0)
+        assert wait_until(lambda: lip.error is not None)
+    assert str(lip.error) == "the generator broke" and lip.frames.empty()

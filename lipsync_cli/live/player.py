@@ -26,7 +26,7 @@ from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.timing import first_sample_of_frame, frame_of_sample, ping_pong
 from lipsync_cli.live.schedule import FrameSchedule
 from lipsync_cli.live.sink import FrameSink
-from lipsync_cli.live.stream import LipStream
+from lipsync_cli.live.stream import MouthStream
 from lipsync_cli.live.timeline import Timeline
 from lipsync_cli.live.window import Overlay
 from lipsync_cli.media.store import Model
@@ -54,7 +54,7 @@ class FramePlayer:
     status, caption: the overlay's text, asked for at each frame shown.
     """
 
-    def __init__(self, model: Model, timeline: Timeline, lip: LipStream, sink: FrameSink, *,
+    def __init__(self, model: Model, timeline: Timeline, lip: MouthStream, sink: FrameSink, *,
                  status: Callable[[], str], caption: Callable[[], str], started_s: float):
         self.model, self.timeline, self.lip, self.sink = model, timeline, lip, sink
         self.status, self.caption, self.started_s = status, caption, started_s

@@ -4,8 +4,9 @@ speak in a window, in real time.
 One audio clock runs the session (`timeline.py`): the source's samples, counted from the start.
 Output frame `g` (a "slot") shows the audio from `first_sample_of_frame(g)` on, exactly as in
 `render`. Threads, with bounded queues between them:
-- audio (`sources.AudioPump`): reads the source in real time, plays it, records it, feeds the service;
-- stream (`stream.LipStream`): the service's call, restarted whenever it fails;
+- audio (`sources.AudioPump`): reads the source in real time, plays it, records it, feeds the mouths;
+- stream (`stream.EngineStream`): the core engine in this process, or with --server
+  (`stream.LipStream`) the service's call, restarted whenever it fails;
 - agent (`agent.RealtimeAgent`, agent mode): the conversation;
 - main (`player.FramePlayer`): which frame shows now (`schedule.plan`), composited, to the sinks
   (`sink.py`: the window, --record, a callback).
@@ -30,12 +31,11 @@ from lipsync_cli.live.audio_io import MessageFn
 from lipsync_cli.live.player import FramePlayer
 from lipsync_cli.live.sink import CallbackSink, FrameFn, FrameSink, Recorder, Sinks, WindowSink
 from lipsync_cli.live.sources import AudioPump, LiveAudio, open_audio
-from lipsync_cli.live.stream import LipStream
+from lipsync_cli.live.stream import EngineStream, LipStream, MouthStream
 from lipsync_cli.live.timeline import Timeline
 from lipsync_cli.live.window import LATENCY_LABEL, check_display
 from lipsync_cli.media.store import Model, ModelStore
 from lipsync_cli.rpc.client import channel_target
-from lipsync_cli.rpc.embedded import embedded_service
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LiveOptions:
     device: str | None = None  # the microphone: a device index or part of its name; None: the default input
     record: Path | None = None  # an MP4 to write what is shown, with its sound; None: nothing written
     duration_s: float | None = None  # stop by itself after this long; None: on q, Esc or Ctrl-C (--input: its end)
-    server: str | None = None  # a running lip-sync service (HOST:PORT, ...); None: one started in-process
+    server: str | None = None  # a running lip-sync service (HOST:PORT, ...); None: the engine in this process
     window: bool = True  # show the window; False: headless, frames go only to on_frame (benchmarks)
     agent: AgentOptions | None = None  # talk with OpenAI Realtime: its answers drive the avatar
 
@@ -134,7 +134,7 @@ def _sinks(options: LiveOptions, model: Model, recorder: Recorder | None, on_fra
     return sinks
 
 
-def _play_until_done(player: FramePlayer, pump: AudioPump, lip: LipStream, *, stop_at_s: float | None,
+def _play_until_done(player: FramePlayer, pump: AudioPump, lip: MouthStream, *, stop_at_s: float | None,
                      end_sample: int | None) -> None:
     """Show frames until the user quits, the time is up, the file has played, or a thread failed."""
     try:
@@ -196,13 +196,14 @@ def _run_live(options: LiveOptions, *, store: ModelStore, started_s: float, say:
         rate_hz = audio.source.rate_hz
         recorder = Recorder(options.record, model, rate_hz) if options.record else None
         sink = stack.enter_context(_closed_with_outcome(_sinks(options, model, recorder, on_frame)))
+        lip: MouthStream
         if options.server:
-            target = options.server
+            lip = LipStream(options.server, model_name, rate_hz=rate_hz, model=model, on_message=say)
         else:
             generator = make_generator()
             generator.open_stream(model)  # its per-face work (core/calibration.py) before the clock starts
-            target = stack.enter_context(embedded_service(store, generator))
-        lip = stack.enter_context(LipStream(target, model_name, rate_hz=rate_hz, model=model, on_message=say))
+            lip = EngineStream(model, generator, rate_hz=rate_hz)
+        stack.enter_context(lip)
         timeline = Timeline(rate_hz, feed=lip.feed, out=audio.out,
                             on_played=recorder.add_audio if recorder is not None else lambda block: None,
                             on_unheard=recorder.unheard if recorder is not None else lambda n: None)

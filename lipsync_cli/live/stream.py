@@ -1,6 +1,9 @@
-"""The lip-sync service's StreamAudio call for a live session, in its own thread, restarted whenever it fails.
+"""Where a live session's mouths come from, in a thread: audio in (`feed`), mouths out (`frames`).
 
-Each (re)started call begins at the next frame boundary of the timeline and names that frame as its
+- `EngineStream`: the core engine in this process (the default: no socket, no JPEG on the way).
+- `LipStream`: a running lip-sync service's StreamAudio call (`--server`), restarted whenever it fails.
+
+Each call (or engine) begins at the next frame boundary of the timeline and names that frame as its
 first, so frame i of a call is slot `first + i` whatever happened before.
 """
 
@@ -13,9 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lipsync_cli.core.engine import MouthFrame
+from lipsync_cli.core.engine import LiveEngine, MouthFrame
+from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
-from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError, ServiceFullError
+from lipsync_cli.errors import AudioError, ModelNotFoundError, ServiceError, ServiceFullError
 from lipsync_cli.live.audio_io import READ_TIMEOUT_S, MessageFn
 from lipsync_cli.live.worker import Worker
 from lipsync_cli.media.store import Model
@@ -23,9 +27,9 @@ from lipsync_cli.rpc.client import LipSyncClient
 
 RECONNECT_DELAY_S = 0.5
 FULL_BACKOFF_MAX_S = 10.0  # a full service is asked again after 0.5, 1, 2, ... s, at most this
-STREAM_QUEUE_BLOCKS = 200  # 2 s of the microphone's blocks waiting for the service before the stream counts as stuck
+STREAM_QUEUE_BLOCKS = 200  # 2 s of the microphone's blocks waiting for the mouths before the call counts as stuck
 FRAME_QUEUE_FRAMES = 100
-STALL_S = 0.3  # no frame for this long: the service counts as away (idle frames show) until frames come again
+STALL_S = 0.3  # no frame for this long: the mouths count as away (idle frames show) until frames come again
 
 
 class Arrival(NamedTuple):
@@ -34,38 +38,39 @@ class Arrival(NamedTuple):
     arrived_at_s: float  # time.monotonic() when it came back
 
 
-class LipStream(Worker):
-    """Audio in (`feed`), mouths out (`frames`, a queue of Arrival), across failures of the service.
+class MouthStream(Worker):
+    """Audio in (`feed`), mouths out (`frames`, a queue of Arrival); the player reads nothing else.
 
-    Use as a context manager: the thread runs inside the `with`.
+    A subclass's thread runs one call after another: `_open_call` starts each at the next frame
+    boundary of what was fed, `_chunks` reads its audio (until a stuck call is ended by `feed`), and
+    `_arrived` hands on each mouth. Use as a context manager: the thread runs inside the `with`.
     """
 
-    def __init__(self, target: str, model_name: str, *, rate_hz: int, model: Model, on_message: MessageFn):
-        self.target, self.model_name, self.rate_hz, self.fps = target, model_name, rate_hz, model.fps
+    def __init__(self, name: str, *, rate_hz: int, model: Model, status: str):
+        self.rate_hz, self.fps = rate_hz, model.fps
         self.frames: queue.Queue[Arrival] = queue.Queue(maxsize=FRAME_QUEUE_FRAMES)
         self.streaming = False  # frames are coming
         self.last_frame_s = 0.0  # time.monotonic() of the last frame
-        self.status = "connecting to the lip-sync service"  # for the window; empty while all is well
+        self.status = status  # for the window; empty while all is well
         self.reconnects = 0
         self.lost = 0  # frames dropped because the scheduler's queue was full
-        self.error: LipsyncError | None = None  # a failure reconnecting cannot cure (unknown model)
-        self._say = on_message
+        self.error: Exception | None = None  # a failure going on cannot cure (unknown model): ends the session
         self._lock = threading.Lock()
         self._fed_end = 0  # the timeline position after the last sample fed
         self._blocks: queue.Queue | None = None  # the running call's input, None while there is none
         self._start_sample = 0
         self._call_done = threading.Event()
-        super().__init__("lip-stream")
+        super().__init__(name)
 
     def _wake(self) -> None:
         self._call_done.set()  # the thread may be waiting for the running call to end
 
     def away(self, now_s: float) -> bool:
-        """Whether the service gives nothing now: not streaming, or no frame for STALL_S."""
+        """Whether no mouths come now: not streaming, or no frame for STALL_S."""
         return not self.streaming or now_s - self.last_frame_s > STALL_S
 
     def feed(self, block: np.ndarray, start_sample: int, captured_at_s: float) -> None:
-        """The timeline's samples from start_sample on, in order (never waits: a stuck call is restarted)."""
+        """The timeline's samples from start_sample on, in order (never waits: a stuck call is ended)."""
         with self._lock:
             self._fed_end = start_sample + len(block)
             if self._blocks is None or self._fed_end <= self._start_sample:
@@ -93,6 +98,58 @@ class LipStream(Worker):
             done = self._call_done = threading.Event()
         return first, blocks, done
 
+    def _end_call(self, blocks: queue.Queue, done: threading.Event) -> None:
+        done.set()
+        with self._lock:
+            if self._blocks is blocks:
+                self._blocks = None
+
+    def _arrived(self, slot: int, mouth: MouthFrame) -> bool:
+        """Hand on one mouth; True when it is the first since the stream was away."""
+        self.last_frame_s = time.monotonic()
+        first = not self.streaming
+        if first:
+            self.streaming, self.status = True, ""
+        try:
+            self.frames.put_nowait(Arrival(slot, mouth, self.last_frame_s))
+        except queue.Full:
+            self.lost += 1
+        return first
+
+
+class EngineStream(MouthStream):
+    """The mouths of the core engine in this process (`lipsync live` with no --server)."""
+
+    def __init__(self, model: Model, generator: MouthGenerator, *, rate_hz: int):
+        self.model, self.generator = model, generator
+        super().__init__("lip-engine", rate_hz=rate_hz, model=model, status="")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            first, blocks, done = self._open_call()
+            engine = LiveEngine(self.model, self.generator, sample_rate_hz=self.rate_hz, first_frame=first)
+            try:
+                for block, captured_at_s in self._chunks(blocks, done):
+                    for mouth in engine.push(block, captured_at_s):
+                        self._arrived(first + mouth.index, mouth)
+            except Exception as exc:  # handed to the main thread, which ends the session with it
+                self.error = exc
+                return
+            finally:
+                self._end_call(blocks, done)
+
+
+class LipStream(MouthStream):
+    """Audio in (`feed`), mouths out (`frames`, a queue of Arrival), across failures of the service.
+
+    Use as a context manager: the thread runs inside the `with`.
+    """
+
+    def __init__(self, target: str, model_name: str, *, rate_hz: int, model: Model, on_message: MessageFn):
+        self.target, self.model_name = target, model_name
+        self._say = on_message
+        super().__init__("lip-stream", rate_hz=rate_hz, model=model, status="connecting to the lip-sync service")
+
     def _run(self) -> None:
         was_streaming = waiting_said = False
         full_delay_s = RECONNECT_DELAY_S
@@ -104,17 +161,11 @@ class LipStream(Worker):
                 client = LipSyncClient(self.target)
                 for mouth in client.stream_audio(self.model_name, self._chunks(blocks, done), self.rate_hz, 1,
                                                  first_frame=first):
-                    self.last_frame_s = time.monotonic()
-                    if not self.streaming:
-                        self.streaming, self.status = True, ""
+                    if self._arrived(first + mouth.index, mouth):
                         full_delay_s = RECONNECT_DELAY_S
                         if was_streaming:
                             self._say("the lip-sync service is back")
                         was_streaming = True
-                    try:
-                        self.frames.put_nowait(Arrival(first + mouth.index, mouth, self.last_frame_s))
-                    except queue.Full:
-                        self.lost += 1
             except (ModelNotFoundError, AudioError) as exc:
                 self.error = exc
                 return
@@ -131,10 +182,7 @@ class LipStream(Worker):
             except ServiceError as exc:
                 problem = str(exc)
             finally:
-                done.set()
-                with self._lock:
-                    if self._blocks is blocks:
-                        self._blocks = None
+                self._end_call(blocks, done)
                 if client is not None:
                     client.close()
             if self._stop.is_set():

@@ -1,5 +1,5 @@
-"""The lip-sync service run inside this process: what `lipsync render` and `lipsync live` use when no
-`--server` is given. Apart from `client.py`, so the client never imports the server."""
+"""The lip-sync service run inside this process: what `lipsync render` uses when no `--server` is
+given. Apart from `client.py`, so the client never imports the server."""
 
 from __future__ import annotations
 
