@@ -40,6 +40,7 @@ ONSET_LEVEL = 0.02  # a sample this loud starts a burst (the bursts are trimmed 
 MAX_WINDOW_HEIGHT_PX = 900  # as lipsync_cli.live.window scales the frame
 CHANGE_MARGIN = 2.0  # a mouth differs from rest by this much (0-255 mean abs) over the rest's own worst
 DRIFT_SPAN_S = 0.5  # the avatar's own motion at rest, over this long, is not a mouth opening
+FIND_WINDOW_S = 20.0  # a busy machine may take this long to put the window on the screen
 
 
 @dataclass(frozen=True)
@@ -97,19 +98,23 @@ def _mouth_area(model, scale: float) -> tuple[int, int, int, int]:
     return box[0], box[1], box[2], box[3]
 
 
-def _find_window(screen: Screen, model, scale: float) -> tuple[int, int]:
-    """Where the (scaled) frame's top-left is on the screen."""
+def _find_window(screen: Screen, model, scale: float, timeout_s: float = FIND_WINDOW_S) -> tuple[int, int]:
+    """Where the (scaled) frame's top-left is on the screen (waiting up to timeout_s for it to show)."""
     import cv2
 
-    whole = screen.grab(0, 0, *_root_size(screen))
     frame = model.frame(0) if scale == 1 else cv2.resize(model.frame(0), None, fx=scale, fy=scale)
     top = frame.shape[0] // 8
     template = frame[top: frame.shape[0] // 2]
-    result = cv2.matchTemplate(whole, template, cv2.TM_CCOEFF_NORMED)
-    _, score, _, (x, y) = cv2.minMaxLoc(result)
-    if score < 0.6:
-        raise RuntimeError(f"the avatar is not on the screen (match {score:.2f})")
-    return x, y - top
+    give_up_s = time.monotonic() + timeout_s
+    while True:
+        whole = screen.grab(0, 0, *_root_size(screen))
+        result = cv2.matchTemplate(whole, template, cv2.TM_CCOEFF_NORMED)
+        _, score, _, (x, y) = cv2.minMaxLoc(result)
+        if score >= 0.6:
+            return x, y - top
+        if time.monotonic() > give_up_s:
+            raise RuntimeError(f"the avatar is not on the screen (match {score:.2f})")
+        time.sleep(0.2)
 
 
 def _root_size(screen: Screen) -> tuple[int, int]:
