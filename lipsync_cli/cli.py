@@ -235,8 +235,8 @@ def live(
     duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="Stop after this many "
                                              "seconds (default: q, Esc or Ctrl-C; with --input, its end)."),
     server: Optional[str] = typer.Option(None, "--server", help="A running lip-sync service: HOST:PORT, "
-                                         "a comma-separated list, or dns:///NAME:PORT. Default: the engine in this process, "
-                                         "no service."),
+                                         "a comma-separated list, or dns:///NAME:PORT. Default: none, the engine "
+                                         "runs in this process."),
     agent: Optional[str] = typer.Option(None, "--agent", help="Talk with a voice agent: openai "
                                         "(OpenAI Realtime; needs OPENAI_API_KEY, honours OPENAI_BASE_URL)."),
     voice: str = typer.Option(DEFAULT_VOICE, "--voice", help="The agent's voice."),
