@@ -3,6 +3,8 @@ which slot to show, composites it onto the avatar's frame and hands it to the si
 
 Output slot `g` is always drawn on model frame `ping_pong(g)`, so the idle avatar, the service's
 frames and the recording all follow one loop whatever happens to the service.
+"The service" here and in the session's summary is wherever the mouths come from (`stream.py`):
+the engine in this process, or a running service with --server.
 
 Latency here is what a viewer sees, "sound->screen": from when the middle of a frame's sound was
 heard (the microphone: when it entered it, by the device's ADC time; a file or an agent's answer:
