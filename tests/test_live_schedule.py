@@ -247,3 +247,24 @@ def test_mouths_of_a_cut_answer_are_never_shown():
     assert [idle for _, idle, _ in sink.shown] == [False, False, True, True, True, True]
     assert [bright > 0 for _, _, bright in sink.shown] == [True, True, False, False, False, False]
     assert first_sample_of_frame(2, fps=FPS, sample_rate_hz=RATE_HZ) == timeline.cuts[0][0]
+
+
+def test_the_windows_fps_is_the_rate_from_the_first_frames_on(monkeypatch):
+    import lipsync_cli.live.player as player_module
+
+    clock = [100.0]
+    monkeypatch.setattr(player_module, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
+    timeline, fed, played, out = _timeline()
+    out.play, out.flush = (lambda block: None), (lambda: 0)
+    lip, sink = _FakeLip(), _FakeSink()
+    rates = []
+    sink.show = lambda frame, slot, overlay: rates.append(overlay.fps) or True
+    player = FramePlayer(_FakeModel(), timeline, lip, sink, status=str, caption=str, started_s=clock[0])
+    for s in range(30):
+        lip.frames.put(Arrival(s, _mouth(s), clock[0]))
+        timeline.play(np.ones(FRAME_SAMPLES, np.float32), clock[0])
+        assert player.step()
+        clock[0] += 1 / float(FPS)
+    assert len(rates) == 30 and rates[0] == 0.0
+    # 25 frames a second from the second frame on, in the first second as after it
+    assert rates[1:] == pytest.approx([25.0] * 29, rel=1e-6)

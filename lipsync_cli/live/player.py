@@ -115,7 +115,11 @@ class FramePlayer:
         while now - self._shown_at[0] > FPS_WINDOW_S:
             self._shown_at.popleft()
         latency = float(np.median(self._recent_ms)) if self._recent_ms else None
-        overlay = Overlay(fps=len(self._shown_at) / FPS_WINDOW_S, latency_ms=latency, speech=self._speech,
+        # over the frames of the last FPS_WINDOW_S (fewer at the start: the rate, not the count, so a
+        # session's first second does not read as a slow one)
+        span_s = now - self._shown_at[0]
+        fps = (len(self._shown_at) - 1) / span_s if span_s > 0 else 0.0
+        overlay = Overlay(fps=fps, latency_ms=latency, speech=self._speech,
                           status=self.status(), caption=self.caption(), idle=mouth is None)
         going_on = self.sink.show(frame, slot, overlay)
         if mouth is not None:
