@@ -140,10 +140,8 @@ class EngineStream(MouthStream):
 
 
 class LipStream(MouthStream):
-    """Audio in (`feed`), mouths out (`frames`, a queue of Arrival), across failures of the service.
-
-    Use as a context manager: the thread runs inside the `with`.
-    """
+    """The mouths of a running lip-sync service (`lipsync live --server`): its StreamAudio call,
+    restarted whenever it fails, with the service's state in `status` for the window."""
 
     def __init__(self, target: str, model_name: str, *, rate_hz: int, model: Model, on_message: MessageFn):
         self.target, self.model_name = target, model_name
