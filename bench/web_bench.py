@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import contextlib
+import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +39,7 @@ from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio, resample  # noqa
 from lipsync_cli.media.store import ModelStore  # noqa: E402
 from lipsync_cli.web.http_server import create_server  # noqa: E402
 from lipsync_cli.web.options import HttpOptions  # noqa: E402
-from tests.fake_realtime_webrtc import RATE_HZ, FakeRealtimeWebRTC  # noqa: E402
+from tests.fake_realtime_webrtc import RATE_HZ  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 PAUSE_S = 2.0  # between the agent's answers: the mouth rests, frames keep coming
@@ -48,6 +51,41 @@ def _voice(seconds: float) -> np.ndarray:
     speech = resample(load_audio(need(SPEECH_20S)).samples, from_rate_hz=SAMPLE_RATE_HZ, to_rate_hz=RATE_HZ)
     one = np.concatenate([speech, np.zeros(int(PAUSE_S * RATE_HZ), np.float32)])
     return np.tile(one, int(np.ceil((seconds + 10) * RATE_HZ / len(one)))).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _fake_openai(voice: np.ndarray, tmp: Path):
+    """The fake Realtime peer in a process of its own: OpenAI's side (Opus, SRTP) must not take the
+    server's interpreter from the engine. Yields (base_url, calls_url)."""
+    np.save(tmp / "voice.npy", voice)
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fake_realtime_webrtc.py"), str(tmp / "voice.npy")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        urls = json.loads(proc.stdout.readline())
+        yield urls["base_url"], urls["calls_url"]
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _serve(tmp: Path, base_url: str, calls_url: str, conn) -> None:
+    """The HTTP app in a process of its own: Playwright's driver connection (it ships every WebSocket
+    message to Python) must not share the server's interpreter. Sends the port, serves until told."""
+    models = tmp / "models"
+    models.mkdir()
+    (models / "avatar.mp4").symlink_to(SAMPLE_VIDEO)
+    os.environ["OPENAI_BASE_URL"] = base_url  # the token endpoint mints from the fake
+    store = ModelStore(cache_dir=tmp / "cache", models_dir=models)
+    store.get("avatar", names_only=True)  # prepared before the clock starts
+    server, port = create_server(store, HttpOptions(openai_api_key="sk-bench", token_secret=None,
+                                                    realtime_calls_url=calls_url, token_rate_per_min=0),
+                                 generator=make_generator())
+    conn.send(port)
+    conn.recv()
+    server.stop()
 
 
 def _run(browser, port: int, n_pages: int, seconds: float) -> dict:
@@ -94,16 +132,12 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    with tempfile.TemporaryDirectory() as tmp, FakeRealtimeWebRTC(_voice(args.seconds)) as fake:
-        models = Path(tmp) / "models"
-        models.mkdir()
-        (models / "avatar.mp4").symlink_to(SAMPLE_VIDEO)
-        os.environ["OPENAI_BASE_URL"] = fake.base_url  # the token endpoint mints from the fake
-        store = ModelStore(cache_dir=Path(tmp) / "cache", models_dir=models)
-        store.get("avatar", names_only=True)  # prepared before the clock starts
-        server, port = create_server(store, HttpOptions(openai_api_key="sk-bench", token_secret=None,
-                                                        realtime_calls_url=fake.calls_url, token_rate_per_min=0),
-                                     generator=make_generator())
+    with tempfile.TemporaryDirectory() as tmp, _fake_openai(_voice(args.seconds), Path(tmp)) as (base_url, calls_url):
+        ctx = multiprocessing.get_context("spawn")
+        here, there = ctx.Pipe()
+        server = ctx.Process(target=_serve, args=(Path(tmp), base_url, calls_url, there), daemon=True)
+        server.start()
+        port = here.recv()
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
@@ -113,7 +147,8 @@ def main() -> None:
                 results = [_run(browser, port, n, args.seconds) for n in args.pages]
                 browser.close()
         finally:
-            server.stop()
+            here.send("stop")
+            server.join(10)
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at the end")
     for r in results:
         print(f"\n{r['pages']} page(s), {r['seconds']} s of audio each")

@@ -217,6 +217,17 @@ def test_loaded_models_sit_in_an_lru_with_memory_statistics(tmp_path, cache_dir)
         ModelStore(limit=0)
 
 
+def test_a_live_walk_back_over_a_short_clip_decodes_no_region_again(sample_model):
+    from lipsync_cli.media.store import REGION_CACHE_BYTES
+
+    # the live frame walk goes forth and back; the sample's 200 regions all stay decoded, so the walk
+    # back is given the very arrays the walk forth decoded (no JPEG decode a frame)
+    n = sample_model.n_frames
+    assert n * sample_model.region(0).nbytes <= REGION_CACHE_BYTES
+    forth = [sample_model.region(i) for i in range(n)]
+    assert all(sample_model.region(i) is forth[i] for i in reversed(range(n)))
+
+
 def test_a_touched_video_is_loaded_once_and_a_changed_one_again(tmp_path, cache_dir):
     """A video copied or touched after its cache was made (same bytes, another mtime) keeps its cache
     and is loaded once: later lookups are served from memory, not read from disk every time."""

@@ -172,6 +172,17 @@ def lift_jaw(img: np.ndarray, pts: np.ndarray, lift_px: float) -> np.ndarray:
     return out
 
 
+def _smoothstep_inplace(t: np.ndarray) -> np.ndarray:
+    """`region.smoothstep` overwriting `t` (float32), for the large fields worked out several times a warp."""
+    np.maximum(t, 0, out=t)
+    np.minimum(t, 1, out=t)
+    edge = t * np.float32(-2)
+    edge += 3
+    t *= t
+    t *= edge
+    return t
+
+
 def _upsample2(c: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """(rows, cols) float32 linearly interpolated from `c`, its values at the even rows and columns."""
     def up(a: np.ndarray, n: int, axis: int) -> np.ndarray:
@@ -242,14 +253,25 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     lip_up = 0.5 * (1 + np.cos(np.pi * np.clip(u / LIP_LIFT_HALF_WIDTH, -1, 1)))
 
     half = np.s_[::2]  # the jaw's drop is worked out on every other row and column (see below)
-    slit_h, y_bot_h, ramp_px_h, jaw_y_h = (np.ascontiguousarray(a[half]) for a in (slit, y_bot, ramp_px, jaw_y))
+    slit_h = np.ascontiguousarray(slit[half])
+    # (y - y_bot) / ramp_px and (y - jaw_y) / fade_px as y * scale + offset, per column
+    ramp_scale = np.ascontiguousarray(1 / ramp_px[half])
+    ramp_offset = -y_bot[half] * ramp_scale
+    fade_offset = np.ascontiguousarray(-jaw_y[half] / np.float32(fade_px))
     drop_h = np.ascontiguousarray(d_low * jaw[half])
 
     def lower_shift(y: np.ndarray) -> np.ndarray:
         """The jaw's drop at source rows `y` of every other column: full right under the lip inside the
-        slit, ramping up beside it, fading out below the jawline."""
-        ramp = slit_h + (1 - slit_h) * smoothstep((y - y_bot_h) / ramp_px_h)
-        return drop_h * ramp * (1 - smoothstep((y - jaw_y_h) / fade_px))
+        slit, ramping up beside it, fading out below the jawline (worked out in place: it runs
+        INVERSE_STEPS + 1 times a warp)."""
+        ramp = _smoothstep_inplace(np.multiply(y, ramp_scale) + ramp_offset)
+        ramp *= 1 - slit_h
+        ramp += slit_h
+        fade = _smoothstep_inplace(np.multiply(y, np.float32(1 / fade_px)) + fade_offset)
+        np.subtract(1, fade, out=fade)
+        ramp *= fade
+        ramp *= drop_h
+        return ramp
 
     new_top = y_top - d_up * lip_up * slit_up
     new_bot = y_bot + d_low * jaw * slit
@@ -260,12 +282,20 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     r_lo = int(np.clip(np.ceil(float(new_bot.min()) - y0), 0, r_hi)) // 2 * 2  # even: the lower field's grid
     ys_up = ys[:r_hi]
     above = y_top - ys_up
-    ramp_up = slit_up + (1 - slit_up) * smoothstep(above / (SKIN_RAMP_HALF_WIDTHS * hw))
-    fade_nose = 1 - smoothstep(above / max(NOSE_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX))
-    src_y_up = ys_up + (d_up * lip_up * ramp_up * fade_nose).astype(np.float32)
+    # the upper lip's rise: ramping out beside the slit, fading out towards the nose (in place)
+    src_y_upper = _smoothstep_inplace(above * np.float32(1 / (SKIN_RAMP_HALF_WIDTHS * hw)))
+    src_y_upper *= 1 - slit_up
+    src_y_upper += slit_up
+    fade_nose = _smoothstep_inplace(above * np.float32(1 / max(NOSE_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX)))
+    np.subtract(1, fade_nose, out=fade_nose)
+    src_y_upper *= fade_nose
+    src_y_upper *= d_up * lip_up
+    src_y_upper += ys_up
+    # rows inside the new opening take the source's gap, stretched
     in_gap = (ys_up > new_top) & (ys_up < new_bot)
-    t = np.clip((ys_up - new_top) / np.maximum(new_bot - new_top, MIN_SPAN_PX), 0, 1)
-    src_y_upper = np.where(in_gap, y_top + t * src_gap, src_y_up)
+    t = np.subtract(ys_up, new_top) * (1 / np.maximum(new_bot - new_top, MIN_SPAN_PX))
+    np.clip(t, 0, 1, out=t)
+    np.copyto(src_y_upper, y_top + t * src_gap, where=in_gap)
     # destination -> source rows (inverse map): the lower field is smooth, so it is inverted by
     # fixed-point steps on every other row and column and filled in between (a quarter of the work)
     ys_low = ys[r_lo:]
@@ -280,8 +310,7 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     map_y[r_hi:] = src_y_low[r_hi - r_lo:]
     bell_x = np.exp(-(((xs - cx) / (SPREAD_HALF_WIDTHS * hw)) ** 2))  # a Gaussian: one row times one column
     bell_y = np.exp(-(((ys - (y_top_c + y_bot_c) / 2) / (SPREAD_HALF_HEIGHTS * hw)) ** 2))
-    map_x = (xs - ((xs - cx) * (1 - 1 / scale_x) * bell_x) * bell_y).astype(np.float32)
-    map_x = np.broadcast_to(map_x, map_y.shape).astype(np.float32)
+    map_x = xs - bell_y * ((xs - cx) * (1 - 1 / scale_x) * bell_x).astype(np.float32)  # (rows, cols)
     patch = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # the source's own inner mouth is stretched up to STRETCH_MAX; past that it would smear, so it is drawn
     stretch_ok = has_interior & (src_gap >= MIN_STRETCH_GAP_PX) & (src_gap * STRETCH_MAX >= new_bot - new_top)
@@ -343,7 +372,7 @@ def _draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inne
     deep = smoothstep(full_gap / max(DEEP_GAP_SHARE * inner_width_px, 1.0))
     back = np.exp(-((au / BACK_HALF_WIDTH_U) ** 2 + ((t - BACK_CENTRE_T) / BACK_HALF_HEIGHT_T) ** 2))
     shade = WALL_SHADE - (WALL_SHADE - BACK_SHADE) * deep * back
-    colour = ((lip * np.array(INTERIOR_TINT_BGR, np.float32))[None, None, :] * shade[..., None]).astype(np.float32)
+    colour = shade[..., None] * (lip * np.array(INTERIOR_TINT_BGR, np.float32))
     ivory = np.array(TEETH_TINT_BGR, np.float32)
     level = min(TEETH_MAX_LEVEL, max(TEETH_MIN_LEVEL, TEETH_SKIN_GAIN * look.skin_level))
     if full_gap > TONGUE_MIN_GAP_PX:  # tongue: a mound low in the mouth, lit on top
@@ -365,7 +394,11 @@ def _draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inne
     kernel = (EDGE_BLUR_KERNEL_PX, EDGE_BLUR_KERNEL_PX)
     alpha = cv2.GaussianBlur(need.astype(np.float32), kernel, EDGE_BLUR_SIGMA_PX)[..., None]
     colour = cv2.GaussianBlur(colour, (0, 0), COLOUR_BLUR_SIGMA_PX)
-    return (patch.astype(np.float32) * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+    out = patch.astype(np.float32)  # patch + (colour - patch) * alpha, in place
+    colour -= out
+    colour *= alpha
+    out += colour
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
 
 
 def _lay_over(colour: np.ndarray, opacity: np.ndarray, paint) -> None:

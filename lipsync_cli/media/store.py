@@ -25,13 +25,17 @@ from lipsync_cli.media.models import default_model, find_named_model, model_name
 from lipsync_cli.progress import ProgressFn
 
 DEFAULT_MODEL_LIMIT = 5
-# decoded mouth regions kept per model (320x320x3: 0.3 MB each): the generator asks for a frame's base
-# and for the frame it takes the mouth from, often the last one again (a third of its lookups hit on
-# the talking speaker). A render's compositor asks for the base once more, but by then the service is
-# far ahead of it and the region is gone (15 hits in 375): that lookup decodes again
-REGION_CACHE_FRAMES = 32
+# decoded mouth regions kept per model (320x320x3: 0.3 MB each). A live stream walks the model frames
+# forth and back one a frame, and each region costs 0.6-0.8 ms to decode: 64 MiB holds every region of a
+# clip of up to 218 frames (the sample's 200: after its first pass nothing is decoded again) and the
+# most recent 218 of a longer one, which the walk back then finds
+REGION_CACHE_BYTES = 64 * 2**20
 _DECODE_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                  8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _nbytes(a: np.ndarray) -> int:
+    return a.nbytes
 
 
 class Model:
@@ -64,7 +68,7 @@ class Model:
         self.source_stat = source_stat or (int(a["source_size_bytes"]), int(a["source_mtime_ns"]))
         self.n_frames = len(self.face_found)
         self.region_px = REGION_PX
-        self._regions: LRUCache[int, np.ndarray] = LRUCache(maxsize=REGION_CACHE_FRAMES)
+        self._regions: LRUCache[int, np.ndarray] = LRUCache(maxsize=REGION_CACHE_BYTES, getsizeof=_nbytes)
         self._regions_lock = threading.Lock()  # LRUCache is not thread-safe (a lookup reorders it)
 
     def frame_jpeg(self, i: int) -> bytes:
