@@ -493,6 +493,27 @@ def test_agent_mode_speaks_the_agents_voice_in_sync(page, served, fake_agent):
     assert np.mean(off_s <= 1 / state["fps"]) >= 0.95, f"{np.mean(off_s <= 1 / state['fps']):.0%} within a frame"
 
 
+def test_agent_voice_delay_grows_with_late_frames_and_comes_back_in_silence(page, served, fake_agent):
+    """The voice's delay is a jitter buffer: late frames grow it (forced here: three late frames within
+    a second, four times over); once the answer is over and the frames come with room to spare, it
+    comes back a step at a time, never under 100 ms, and only while the whole delay line is silent."""
+    page.evaluate("app.start({mode: 'agent', model: 'avatar'})")
+    page.wait_for_function("app.session && app.session.loudAtS > 0", timeout=20_000)  # the voice is playing
+    page.evaluate("() => { for (let i = 0; i < 4; i += 1) app.late(app.session, 3); }")
+    grown = page.evaluate("app.session.delayS")
+    page.wait_for_function("app.session.delayChanges.some((c) => c.to < c.from)", timeout=30_000)
+    time.sleep(2)
+    state = page.evaluate("() => ({changes: app.session.delayChanges, delay: app.session.delayS})")
+    page.evaluate("app.stop()")
+    assert page.problems == []
+    assert grown >= 0.26 - 1e-6
+    shrinks = [c for c in state["changes"] if c["to"] < c["from"]]
+    assert shrinks and 0.1 - 1e-6 <= state["delay"] < grown
+    assert all(round(c["from"] - c["to"], 6) == 0.04 for c in shrinks)
+    # each step back came when the voice had been quiet for longer than the delay it shortened
+    assert all(c["at"] - c["loudAt"] > c["from"] for c in shrinks), shrinks
+
+
 def test_agent_barge_in_silences_the_voice_and_rests_the_mouth(page, served, fake_agent):
     """Speech over the agent (input_audio_buffer.speech_started) mutes its voice at once and no mouth frame of
     the cancelled answer is drawn after it: the model's own frames (a resting mouth) until the next answer."""

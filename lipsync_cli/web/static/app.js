@@ -26,12 +26,26 @@ const LATE_WINDOW_S = 1;
 const DELAY_STEP_S = 0.04;
 const MAX_AGENT_DELAY_S = 0.4;
 const DELAY_RAMP_S = 0.05; // the delay glides to its new value (a jump would click)
+// and it comes back a step, never under AGENT_PLAYBACK_DELAY_S, once the frames of the last
+// SHRINK_AFTER_S all came at least DELAY_STEP_S + MIN_HEADROOM_S before their audio, only while the
+// whole delay line is silent (the glide changes the playback speed: heard in speech, not in silence)
+const SHRINK_AFTER_S = 1;
+const MIN_HEADROOM_S = 0.015;
+const QUIET_PEAK = 0.01 * 32767; // a 10 ms block of the voice peaking under this is silence (-40 dBFS)
+const DELAY_CHANGES_KEPT = 100; // app.session.delayChanges, for the debug surface and tests
 // waiting audio beyond this is dropped by the server when the engine falls behind (see bridge.py),
 // so a starved CPU makes the mouth skip, not lag further and further behind the voice
 const MAX_BACKLOG_MS = 60;
 const IDLE_AFTER_S = 0.5; // no mouth frame for this long: the avatar idles (ping-pong frames)
 const READOUT_FRAMES = 50; // the latency readout is the median of this many frames
 const IDLE_FPS = 25; // before any model facts are known
+
+// a 10 ms block of PCM16 (an ArrayBuffer) is silence
+function quiet(pcm) {
+  const v = new Int16Array(pcm);
+  for (let i = 0; i < v.length; i += 1) if (Math.abs(v[i]) >= QUIET_PEAK) return false;
+  return true;
+}
 
 function element(id) { return document.getElementById(id); }
 
@@ -88,7 +102,9 @@ class App {
     this.dropped = 0;
     const session = { id: this.sessions, mode, audio, pending: [], latencies: [], facts: null, firstFrame: null, closed: false,
                       arrivals: Promise.resolve(), delayS: mode === "agent" ? AGENT_PLAYBACK_DELAY_S : 0,
-                      heardFromS: 0, bargeIns: 0, interrupted: false };
+                      heardFromS: 0, bargeIns: 0, interrupted: false,
+                      // the jitter buffer (agent): when the voice was last loud, and recent frames' headroom
+                      loudAtS: -Infinity, headroom: [], delayChangedAt: 0, delayChanges: [] };
     this.session = session;
     this.setCaption("");
     let firstDrawn;
@@ -128,6 +144,7 @@ class App {
       session.capture = capture;
       capture.port.onmessage = (e) => {
         if (session.firstFrame === null) session.firstFrame = e.data.firstFrame;
+        if (mode === "agent" && !quiet(e.data.pcm)) session.loudAtS = audio.currentTime;
         session.bridge.sendAudio(e.data.pcm);
       };
       await audio.resume();
@@ -209,9 +226,33 @@ class App {
     for (let i = 0; i < n; i += 1) session.lateAt.push(now);
     while (session.lateAt.length && session.lateAt[0] < now - LATE_WINDOW_S) session.lateAt.shift();
     if (session.lateAt.length < LATE_FRAMES_TO_GROW || session.delayS >= MAX_AGENT_DELAY_S) return;
-    session.delayS = Math.min(MAX_AGENT_DELAY_S, session.delayS + DELAY_STEP_S);
-    session.delay.delayTime.setTargetAtTime(session.delayS, now, DELAY_RAMP_S);
+    this.setDelay(session, Math.min(MAX_AGENT_DELAY_S, session.delayS + DELAY_STEP_S));
     session.lateAt = [];
+  }
+
+  // a frame ready `headroomS` before its audio is heard: while the voice is silent and every frame
+  // of the last SHRINK_AFTER_S had room to spare, hear the voice a step sooner
+  early(session, headroomS) {
+    const now = session.audio.currentTime;
+    session.headroom.push([now, headroomS]);
+    while (session.headroom[0][0] < now - SHRINK_AFTER_S) session.headroom.shift();
+    const smaller = session.delayS - DELAY_STEP_S;
+    if (smaller < AGENT_PLAYBACK_DELAY_S - 1e-6 || now - session.delayChangedAt < SHRINK_AFTER_S) return;
+    if (now - session.loudAtS < session.delayS + 3 * DELAY_RAMP_S) return; // voice still in the delay line
+    // frames keep coming in silence (a resting mouth): too few of them says the server is struggling
+    if (session.headroom.length < (SHRINK_AFTER_S * session.facts.fps) / 2) return;
+    if (Math.min(...session.headroom.map(([, h]) => h)) - DELAY_STEP_S < MIN_HEADROOM_S) return;
+    this.setDelay(session, smaller);
+  }
+
+  setDelay(session, delayS) {
+    const now = session.audio.currentTime;
+    session.delayChanges.push({ at: now, from: session.delayS, to: delayS, loudAt: session.loudAtS });
+    if (session.delayChanges.length > DELAY_CHANGES_KEPT) session.delayChanges.shift();
+    session.delayS = delayS;
+    session.delay.delayTime.setTargetAtTime(delayS, now, DELAY_RAMP_S);
+    session.delayChangedAt = now;
+    session.headroom = []; // measured against the old delay
   }
 
   // JPEGs decode concurrently but are queued in arrival (= index) order
@@ -222,7 +263,10 @@ class App {
       // a frame whose audio is never heard (barge-in) is never shown
       if (session.closed || session.interrupted || header.mouth_of_s < session.heardFromS) { bitmap?.close(); return; }
       // shown while its audio is heard: from half a frame before its centre
-      session.pending.push({ header, bitmap, dueS: header.mouth_of_s - 0.5 / session.facts.fps });
+      const dueS = header.mouth_of_s - 0.5 / session.facts.fps;
+      session.pending.push({ header, bitmap, dueS });
+      const playing = this.playing(session);
+      if (session.mode === "agent" && playing !== null) this.early(session, dueS - playing);
     });
   }
 
