@@ -30,7 +30,7 @@ const DELAY_RAMP_S = 0.05; // the delay glides to its new value (a jump would cl
 // SHRINK_AFTER_S all came at least DELAY_STEP_S + MIN_HEADROOM_S before their audio, only while the
 // whole delay line is silent (the glide changes the playback speed: heard in speech, not in silence)
 const SHRINK_AFTER_S = 1;
-const MIN_HEADROOM_S = 0.015;
+const MIN_HEADROOM_S = 0.03; // silent frames come a little sooner than speech frames (no lip warp): room for that
 const QUIET_PEAK = 0.01 * 32767; // a 10 ms block of the voice peaking under this is silence (-40 dBFS)
 const DELAY_CHANGES_KEPT = 100; // app.session.delayChanges, for the debug surface and tests
 // waiting audio beyond this is dropped by the server when the engine falls behind (see bridge.py),
