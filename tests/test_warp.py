@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_cli.core.warp import MIN_LIFT_PX, chin_after_warp, interior_look, lift_jaw, warp_lips
+from lipsync_cli.core.interior import interior_look
+from lipsync_cli.core.warp import MIN_LIFT_PX, chin_after_warp, lift_jaw, warp_lips
 from lipsync_cli.media import face as F
 
 FRAMES = (0, 100)

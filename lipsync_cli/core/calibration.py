@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from lipsync_cli.core.compositor import composite
-from lipsync_cli.core.warp import InteriorLook, warp_lips
+from lipsync_cli.core.interior import InteriorLook
+from lipsync_cli.core.warp import warp_lips
 from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 

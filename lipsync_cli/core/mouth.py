@@ -28,7 +28,8 @@ from lipsync_cli.core.calibration import readable_max_open
 from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.core.generator import MouthImage
 from lipsync_cli.core.region import LOWER_FACE, RESTING_FACE, blend_lower_face, smoothstep
-from lipsync_cli.core.warp import STRETCH_MAX, InteriorLook, chin_after_warp, interior_look, lift_jaw, warp_lips
+from lipsync_cli.core.interior import InteriorLook, interior_look
+from lipsync_cli.core.warp import STRETCH_MAX, chin_after_warp, lift_jaw, warp_lips
 from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
