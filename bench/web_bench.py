@@ -4,9 +4,9 @@
 
 Starts the real HTTP app with its WebSocket bridge (`create_server(..., generator=...)`), the fake
 OpenAI Realtime WebRTC peer of the tests (tests/fake_realtime_webrtc.py: aiortc on loopback, the
-20 s speech recording of ../shared/data as the agent's voice, looped with pauses), and Debian's
-Chromium under Playwright; each page runs `app.start({mode: "agent"})` and is read from
-`app.frameLog` after `--seconds`.
+20 s speech recording of ../shared/data as the agent's voice, looped with pauses), each in a process
+of its own as in production, and Debian's Chromium under Playwright; each page runs
+`app.start({mode: "agent"})` and is read from `app.frameLog` after `--seconds`.
 
 Per page count: the latency from the agent's audio arriving (the capture worklet's clock) to the
 frame showing its mouth being drawn, `arrived - mouthOf`, p50/p95 (goal p95 <= 150 ms; it includes
@@ -18,8 +18,8 @@ share of drawn frames within one frame of the audio heard (goal >= 95%); frames 
 from __future__ import annotations
 
 import argparse
-import json
 import contextlib
+import json
 import multiprocessing
 import os
 import subprocess

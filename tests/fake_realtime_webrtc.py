@@ -16,6 +16,7 @@ import asyncio
 import fractions
 import json
 import socket
+import sys
 import threading
 import time
 
@@ -177,8 +178,6 @@ def main() -> None:
     """`python tests/fake_realtime_webrtc.py VOICE.npy`: the fake in a process of its own (the bench: in
     production OpenAI's side runs elsewhere, not in the server's interpreter). Prints one JSON line
     with base_url and calls_url, then serves until standard input closes."""
-    import sys
-
     with FakeRealtimeWebRTC(np.load(sys.argv[1])) as fake:
         print(json.dumps({"base_url": fake.base_url, "calls_url": fake.calls_url}), flush=True)
         sys.stdin.read()
