@@ -61,7 +61,10 @@ def _fake_openai(voice: np.ndarray, tmp: Path):
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fake_realtime_webrtc.py"), str(tmp / "voice.npy")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        urls = json.loads(proc.stdout.readline())
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit("the fake OpenAI peer ended before it served: see its error above")
+        urls = json.loads(line)
         yield urls["base_url"], urls["calls_url"]
     finally:
         proc.stdin.close()
@@ -137,7 +140,11 @@ def main() -> None:
         here, there = ctx.Pipe()
         server = ctx.Process(target=_serve, args=(Path(tmp), base_url, calls_url, there), daemon=True)
         server.start()
-        port = here.recv()
+        there.close()  # our copy of the child's end: should the child die, recv() ends instead of waiting forever
+        try:
+            port = here.recv()
+        except EOFError:
+            raise SystemExit("the server process ended before it served: see its error above") from None
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
