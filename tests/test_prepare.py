@@ -14,6 +14,7 @@ from conftest import DRAWN_VIDEO, SAMPLE_VIDEO, SPEAKER_VIDEO, shared
 from helpers import assert_clean_error, make_video, run_cli
 from lipsync_cli.media import cache as cache_module
 from lipsync_cli.media.cache import FORMAT_VERSION, REQUIRED_KEYS, cache_path, prepare_model, write_cache
+from lipsync_cli.media.face import FaceTracker, mouth_open_ratio
 from lipsync_cli.media.video import iter_frames
 
 
@@ -88,6 +89,26 @@ def test_smoothed_bounds_move_less_than_raw_detections(cache_dir):
     smooth_j = jitter(lambda i: np.array([fb[i, 0] + fb[i, 2], fb[i, 1] + fb[i, 3]]) / 2)
     assert smooth_j < 0.25 * raw_j, (smooth_j, raw_j)
 
+
+
+def test_the_cache_measures_each_frames_lips_as_tracked_on_that_frame(cache_dir):
+    # the generator picks and warps a talking video's mouths by these measures: smoothed over
+    # neighbouring frames, a shut mouth between two open ones read half open (0.049 where the
+    # frame itself shows 0.027)
+    video = shared(SPEAKER_VIDEO)
+    result = prepare_model(video, cache_dir=cache_dir)
+    with np.load(result.cache, allow_pickle=False) as z:
+        cached_open, cached_pts = z["mouth_open"], z["landmarks"]
+    tracker = FaceTracker()
+    tracked = []
+    for i, frame in enumerate(iter_frames(video)):
+        if i == 40:
+            break
+        tracked.append(tracker.track(frame).points)
+    tracked = np.stack(tracked)
+    assert np.ptp(cached_open[:40]) > 0.05  # the man talks in these frames
+    np.testing.assert_allclose(cached_pts[:40], tracked, atol=1e-3)
+    np.testing.assert_allclose(cached_open[:40], mouth_open_ratio(tracked), atol=1e-5)
 
 def test_rerun_is_a_no_op(tmp_path, monkeypatch):
     proc = run_cli("prepare", SAMPLE_VIDEO, "--cache-dir", tmp_path)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from lipsync_cli.core.calibration import readable_max_open
 from lipsync_cli.core.driver import MouthParams
@@ -33,7 +34,10 @@ from lipsync_cli.core.warp import STRETCH_MAX, chin_after_warp, lift_jaw, warp_l
 from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
-TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance) talks
+TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance)...
+TALKING_PERCENTILE = 98  # ...in this percentile of its frames talks
+STILL_POINT_SMOOTH_FRAMES = 0.8  # the landmarks of a video that does not talk are smoothed over this many frames
+# (a Gaussian's sigma) against the tracker's jitter; a talking video's are used as tracked, frame by frame
 DEFAULT_MAX_OPEN = 0.45  # the widest full opening (gap / eye distance) for a person whose video never opens
 # (core/calibration.py measures how wide each face reads, and may set less)
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video
@@ -56,7 +60,8 @@ DRAW_PENALTY = 1.0  # cost of a talking video's source whose own inner mouth can
 # (it would be drawn): drawn and filmed insides alternating from frame to frame read as flicker
 WIDTH_WEIGHT = 0.5  # cost per unit of mouth-width difference, in units of the video's width range
 REST_PERCENTILE = 5  # the rest gap: this percentile of the video's gaps
-FULL_OPEN_PERCENTILE = 98  # the widest gap the video shows: this percentile (ignores tracking blips)
+FULL_OPEN_PERCENTILE = 99.9  # the widest gap the video shows: this percentile (a one-frame tracking blip does not
+# count; at 98 a talking video's widest real openings were never asked for, and its mouth moved in a narrow range)
 MIN_TALKING_RANGE = 0.08  # a talking video's full opening is at least this far above its rest gap
 WIDE_WIDTH_GAIN, ROUND_WIDTH_LOSS = 0.10, 0.16  # the wanted width: rest * (1 + gain * wide - loss * round)
 WIDE_SPREAD, ROUND_PURSE = 0.07, 0.10  # the warp's horizontal scale: 1 + spread * wide - purse * round
@@ -109,18 +114,22 @@ class MouthProfile:
     @classmethod
     def of(cls, model: Model) -> "MouthProfile":
         pts = model.landmarks
+        open_ = model.mouth_open.astype(np.float64)
+        width = model.mouth_width.astype(np.float64)
+        talking = float(np.percentile(open_, TALKING_PERCENTILE)) > TALKING_MIN_OPEN
+        if not talking and model.n_frames > 1:
+            # lips that do not move: what changes between frames is the tracker's jitter
+            pts = gaussian_filter1d(pts.astype(np.float64), STILL_POINT_SMOOTH_FRAMES, axis=0, mode="nearest")
+            open_, width = F.mouth_open_ratio(pts), F.mouth_width_ratio(pts)
         iod = F.interocular_px(pts)
         eyes_mid = (pts[:, F.LEFT_EYE_OUTER] + pts[:, F.RIGHT_EYE_OUTER]) / 2
         pose = (pts[:, F.NOSE_TIP] - eyes_mid) / iod[:, None]
-        open_ = model.mouth_open.astype(np.float64)
         rest = float(np.percentile(open_, REST_PERCENTILE))
         lib_max = float(np.percentile(open_, FULL_OPEN_PERCENTILE))
-        talking = lib_max > TALKING_MIN_OPEN
         candidates = np.flatnonzero(model.face_found)
         if len(candidates) == 0:
             candidates = np.arange(model.n_frames)
-        region_pts = np.stack([model.region_points(i) for i in range(model.n_frames)]).astype(np.float32)
-        width = model.mouth_width.astype(np.float64)
+        region_pts = np.stack([model.region_points(i, pts[i]) for i in range(model.n_frames)]).astype(np.float32)
         sampled = candidates[np.linspace(0, len(candidates) - 1, min(LOOK_FRAMES, len(candidates))).astype(int)]
         look = interior_look([model.region(int(i)) for i in sampled], [region_pts[i] for i in sampled])
         if talking:

@@ -40,13 +40,13 @@ from lipsync_cli.media.models import model_name
 from lipsync_cli.progress import ProgressFn, report
 from lipsync_cli.media.video import iter_frames, probe_video
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REGION_PX = 320  # side of the mouth-region images, as the original service returns them
 FRAME_JPEG_QUALITY = 92
 REGION_JPEG_QUALITY = 95
 CENTER_SMOOTH_FRAMES = 1.5  # Gaussian sigma for the region centre: zero-phase, so no lag
 SIZE_SMOOTH_FRAMES = 6.0  # the region size changes slowly; smooth it more
-POINT_SMOOTH_FRAMES = 0.8  # light smoothing of the landmarks against detector jitter
+BOUNDS_POINT_SMOOTH_FRAMES = 0.8  # the bounds are placed on landmarks smoothed this much against detector jitter
 REQUIRED_KEYS = ("format_version", "source_sha256", "source_size_bytes", "source_mtime_ns", "fps",
                  "frame_size", "frame_jpeg", "frame_offsets", "region_jpeg", "region_offsets",
                  "face_bounds", "mouth_bounds", "landmarks", "mouth_open", "mouth_width", "face_found")
@@ -234,12 +234,16 @@ def build_cache(video: Path, *, progress: ProgressFn | None = None) -> dict[str,
     found_arr = np.array(found, bool)
     if not found_arr.any():
         raise VideoError(f"{video}: no face was found in any frame; use a video where the face is visible and frontal")
-    pts = _smooth(_bridge(np.stack(points), found_arr), POINT_SMOOTH_FRAMES)
-    sq = region_square(pts)
+    # the landmarks are kept as tracked: smoothed over even two frames, a talking video's lips read
+    # half open on frames where they are shut (and the other way round), and the mouth generator
+    # picks and warps its sources by them; the bounds are placed on lightly smoothed ones
+    pts = _bridge(np.stack(points), found_arr)
+    steady = _smooth(pts, BOUNDS_POINT_SMOOTH_FRAMES)
+    sq = region_square(steady)
     sq[:, :2] = _smooth(sq[:, :2], CENTER_SMOOTH_FRAMES)
     sq[:, 2] = _smooth(sq[:, 2], SIZE_SMOOTH_FRAMES)
     mouth_bounds = square_to_bounds(sq).astype(np.float32)
-    lo, hi = pts.min(axis=1), pts.max(axis=1)
+    lo, hi = steady.min(axis=1), steady.max(axis=1)
     face_bounds = _smooth(np.concatenate([lo, hi], axis=1), CENTER_SMOOTH_FRAMES)
 
     # the regions need the smoothed bounds, known only once every frame is tracked: decode the
