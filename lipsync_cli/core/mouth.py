@@ -47,6 +47,7 @@ LIPS_MEET_OPEN = 0.02  # in speech, a driver's `open` under this has the lips to
 # closure or the end of an utterance), as relaxed as at rest: P/B/M lips pressed past the video's
 # own rest read as more closed than silence, and silence must be the most closed the mouth gets
 REST_SLACK = 0.012  # a base frame this close to the rest gap counts as at rest
+SILENT_SOURCE_SLACK = 0.006  # in silence a talking video's mouth comes from its frames this close to its rest gap
 SILENT_SLACK = 0.003  # in silence a base frame this close to the rest gap is sent untouched; one further
 # from it (a still's animation wanders by up to REST_SLACK) has its lips brought to the rest gap, so the
 # mouth in silence is as closed as it ever gets, and never more open than on a P/B/M closure
@@ -59,6 +60,8 @@ FOLLOW_MAX_POSE_CHANGE = 0.05  # ...and while its head pose is this close (summe
 DRAW_PENALTY = 1.0  # cost of a talking video's source whose own inner mouth cannot be stretched to the target
 # (it would be drawn): drawn and filmed insides alternating from frame to frame read as flicker
 WIDTH_WEIGHT = 0.5  # cost per unit of mouth-width difference, in units of the video's width range
+SILENT_WIDTH_WEIGHT = 2.0  # the same in silence: lips spread over clenched teeth measure as shut as relaxed
+# ones (the tracker puts the inner lip points on the teeth), and are wider
 REST_PERCENTILE = 5  # the rest gap: this percentile of the video's gaps
 FULL_OPEN_PERCENTILE = 99.9  # the widest gap the video shows: this percentile (a one-frame tracking blip does not
 # count; at 98 a talking video's widest real openings were never asked for, and its mouth moved in a narrow range)
@@ -189,14 +192,14 @@ class OwnMouthStream:
     def choose_source(self, base: int, target: float, target_width: float, *, speech: bool = True) -> int:
         """The model frame whose mouth best matches, near the base frame's pose, continuing the last pick.
 
-        speech: False in silence, where the mouth rests: only frames at rest (within REST_SLACK)
+        speech: False in silence, where the mouth rests: only frames at rest (within SILENT_SOURCE_SLACK)
         are picked or followed, so a half-open talking frame never lingers, warped shut.
         """
         p = self.p
         if not p.talking:
             return base
         span = max(p.max_open - p.rest_open, MIN_RANGE)
-        tolerance = MATCH_TOLERANCE * span if speech else REST_SLACK
+        tolerance = MATCH_TOLERANCE * span if speech else SILENT_SOURCE_SLACK
         prev = self.prev_source
         if prev is not None:
             nxt = min(prev + 1, self.model.n_frames - 1)
@@ -206,10 +209,10 @@ class OwnMouthStream:
                     return int(cand)
         c = p.candidates
         if not speech:  # a resting mouth comes from a frame at rest, not from one warped shut
-            resting = c[p.open[c] <= p.rest_open + REST_SLACK]
+            resting = c[p.open[c] <= p.rest_open + SILENT_SOURCE_SLACK]
             c = resting if len(resting) else c
         cost = (np.abs(p.open[c] - target) / span
-                + WIDTH_WEIGHT * np.abs(p.width[c] - target_width) / p.width_span
+                + (WIDTH_WEIGHT if speech else SILENT_WIDTH_WEIGHT) * np.abs(p.width[c] - target_width) / p.width_span
                 + POSE_WEIGHT * np.abs(p.pose[c] - p.pose[base]).sum(axis=1))
         cost = cost + DRAW_PENALTY * self._drawn(c, target)
         if prev is not None:
