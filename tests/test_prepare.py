@@ -90,7 +90,6 @@ def test_smoothed_bounds_move_less_than_raw_detections(cache_dir):
     assert smooth_j < 0.25 * raw_j, (smooth_j, raw_j)
 
 
-
 def test_the_cache_measures_each_frames_lips_as_tracked_on_that_frame(cache_dir):
     # the generator picks and warps a talking video's mouths by these measures: smoothed over
     # neighbouring frames, a shut mouth between two open ones read half open (0.049 where the
@@ -109,6 +108,7 @@ def test_the_cache_measures_each_frames_lips_as_tracked_on_that_frame(cache_dir)
     assert np.ptp(cached_open[:40]) > 0.05  # the man talks in these frames
     np.testing.assert_allclose(cached_pts[:40], tracked, atol=1e-3)
     np.testing.assert_allclose(cached_open[:40], mouth_open_ratio(tracked), atol=1e-5)
+
 
 def test_rerun_is_a_no_op(tmp_path, monkeypatch):
     proc = run_cli("prepare", SAMPLE_VIDEO, "--cache-dir", tmp_path)
