@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from lipsync_cli.core.calibration import readable_max_open
 from lipsync_cli.core.driver import MouthParams
@@ -32,6 +31,7 @@ from lipsync_cli.core.region import LOWER_FACE, RESTING_FACE, blend_lower_face, 
 from lipsync_cli.core.interior import InteriorLook, interior_look
 from lipsync_cli.core.warp import STRETCH_MAX, chin_after_warp, lift_jaw, warp_lips
 from lipsync_cli.media import face as F
+from lipsync_cli.media.cache import smooth_over_frames
 from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance)...
@@ -120,10 +120,10 @@ class MouthProfile:
         open_ = model.mouth_open.astype(np.float64)
         width = model.mouth_width.astype(np.float64)
         talking = float(np.percentile(open_, TALKING_PERCENTILE)) > TALKING_MIN_OPEN
-        if not talking and model.n_frames > 1:
+        if not talking:
             # lips that do not move: what changes between frames is the tracker's jitter
-            pts = gaussian_filter1d(pts.astype(np.float64), STILL_POINT_SMOOTH_FRAMES, axis=0, mode="nearest")
-            open_, width = F.mouth_open_ratio(pts), F.mouth_width_ratio(pts)
+            pts = smooth_over_frames(pts, STILL_POINT_SMOOTH_FRAMES)
+            open_, width = F.mouth_open_ratio(pts).astype(np.float64), F.mouth_width_ratio(pts).astype(np.float64)
         iod = F.interocular_px(pts)
         eyes_mid = (pts[:, F.LEFT_EYE_OUTER] + pts[:, F.RIGHT_EYE_OUTER]) / 2
         pose = (pts[:, F.NOSE_TIP] - eyes_mid) / iod[:, None]

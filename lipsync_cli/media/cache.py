@@ -157,7 +157,8 @@ def _bridge(values: np.ndarray, found: np.ndarray) -> np.ndarray:
     return out.reshape(values.shape)
 
 
-def _smooth(values: np.ndarray, sigma_frames: float) -> np.ndarray:
+def smooth_over_frames(values: np.ndarray, sigma_frames: float) -> np.ndarray:
+    """(N, ...) values smoothed along the frames by a zero-phase Gaussian of this sigma, as float32."""
     from scipy.ndimage import gaussian_filter1d
 
     if len(values) < 2 or sigma_frames <= 0:
@@ -238,13 +239,13 @@ def build_cache(video: Path, *, progress: ProgressFn | None = None) -> dict[str,
     # half open on frames where they are shut (and the other way round), and the mouth generator
     # picks and warps its sources by them; the bounds are placed on lightly smoothed ones
     pts = _bridge(np.stack(points), found_arr)
-    steady = _smooth(pts, BOUNDS_POINT_SMOOTH_FRAMES)
+    steady = smooth_over_frames(pts, BOUNDS_POINT_SMOOTH_FRAMES)
     sq = region_square(steady)
-    sq[:, :2] = _smooth(sq[:, :2], CENTER_SMOOTH_FRAMES)
-    sq[:, 2] = _smooth(sq[:, 2], SIZE_SMOOTH_FRAMES)
+    sq[:, :2] = smooth_over_frames(sq[:, :2], CENTER_SMOOTH_FRAMES)
+    sq[:, 2] = smooth_over_frames(sq[:, 2], SIZE_SMOOTH_FRAMES)
     mouth_bounds = square_to_bounds(sq).astype(np.float32)
     lo, hi = steady.min(axis=1), steady.max(axis=1)
-    face_bounds = _smooth(np.concatenate([lo, hi], axis=1), CENTER_SMOOTH_FRAMES)
+    face_bounds = smooth_over_frames(np.concatenate([lo, hi], axis=1), CENTER_SMOOTH_FRAMES)
 
     # the regions need the smoothed bounds, known only once every frame is tracked: decode the
     # video a second time rather than hold every full frame in memory meanwhile (GBs at 1080p)
