@@ -113,3 +113,31 @@ def test_the_wanted_gap_rises_smoothly_and_monotonically_with_open(sample_model)
     assert (steps[rising] > 0).all() and (steps[~rising] >= 0).all()
     past_floor = opens[1:] > 2 * SPEECH_FLOOR_RAMP  # below the ramp the lips part quickly from rest
     assert steps[past_floor].max() < 1.5 * steps[past_floor].min()
+
+
+TEETH_MIN_WIDTH_SHARE = 0.5  # a wide opening shows upper teeth across this share of the inner-lip width
+# (0.60 now; 0.41 with the drawn mouth of stop 23)
+TEETH_MIN_CONTRAST = 60.0  # grey levels between a column's teeth and the dark inside below them
+
+
+def test_a_wide_opening_shows_a_row_of_upper_teeth_across_the_mouth(sample_model):
+    """A person's wide vowel is a wide oval with the upper teeth showing across it, not a tall dark
+    bowl with a small grey patch in the middle (the drawn mouth until stop 24)."""
+    stream = OwnMouthGenerator().open_stream(sample_model)
+    wide = speaking(0.75)  # a wide vowel
+    opened = stream.render(model_frame=FRAME, params=wide).image.mean(axis=2)
+    pts = sample_model.region_points(FRAME)
+    iod_px = float(np.linalg.norm(pts[F.LEFT_EYE_OUTER] - pts[F.RIGHT_EYE_OUTER]))
+    gap_px = stream.target_open(wide) * iod_px
+    top = int(Mouth(pts).top)
+    xl, xr = float(pts[F.MOUTH_RIGHT_INNER, 0]), float(pts[F.MOUTH_LEFT_INNER, 0])
+    cols = slice(int(xl), int(np.ceil(xr)))
+    teeth = opened[top:top + int(0.3 * gap_px), cols].max(axis=0)  # where upper teeth hang, per column
+    inside = opened[top:top + int(gap_px), cols].min(axis=0)  # the darkest of the opening below them
+    shown = np.r_[False, teeth - inside > TEETH_MIN_CONTRAST, False]
+    # the run of columns with teeth through the middle of the mouth
+    centre = len(shown) // 2
+    assert shown[centre]
+    left = centre - np.flatnonzero(~shown[:centre][::-1])[0]
+    right = centre + np.flatnonzero(~shown[centre:])[0]
+    assert (right - left) / (xr - xl) >= TEETH_MIN_WIDTH_SHARE
