@@ -17,9 +17,10 @@ from lipsync_cli.media import face as F
 
 UPPER_SHARE = 0.12  # of an opening, how much the upper lip rises in the middle (the jaw does the rest, as in people;
 # more reads as a shut mouth to the landmark tracker)
-SLIT_FRACTION = 0.92  # the share of the inner-lip width that opens; the corners stay together (0.8 until
-# stop 24: a tall bowl that the landmark tracker read as a smaller opening than this wider oval)...
-CLOSE_SLIT_FRACTION = 0.8  # ...and that closes (a closing's profile, below, was shaped over this share)
+SLIT_FRACTION = 0.8  # the share of the inner-lip width that opens or closes; the corners stay together...
+DRAWN_SLIT_FRACTION = 0.92  # ...and that opens where the inner mouth is drawn (0.8 until stop 24: a tall
+# bowl that the landmark tracker read as a smaller opening than this wider oval; a real inner mouth
+# keeps its own shape, since its corners have no gap to stretch)
 STRETCH_MAX = 2.5  # how far a real inner mouth may be stretched before it is drawn instead
 MIN_MOUTH_WIDTH_PX = 4  # inner corners closer than this: no mouth to warp
 MIN_GAP_CHANGE_PX = 0.6  # a gap this close to the target is left as it is...
@@ -171,7 +172,7 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     xs = np.arange(x0, x1, dtype=np.float32)
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
     map_shape = (y1 - y0, x1 - x0)
-    u = (xs - cx) / ((SLIT_FRACTION if delta >= 0 else CLOSE_SLIT_FRACTION) * hw)
+    u = (xs - cx) / ((DRAWN_SLIT_FRACTION if delta >= 0 and not has_interior else SLIT_FRACTION) * hw)
     y_top = _contour_y(pts, F.LIPS_INNER_UPPER, xs).astype(np.float32)
     y_bot = _contour_y(pts, F.LIPS_INNER_LOWER, xs).astype(np.float32)
     inside = np.abs(u) < 1  # outside the opening part the lips stay as the source has them
