@@ -3,7 +3,7 @@ none to stretch, is drawn by `interior`).
 
 Distances across the mouth are measured in half-widths of its inner lip line (`hw`, the centre to
 an inner corner) or, for the opening profile, in `u`: -1..1 across the part of that line that opens
-(SLIT_FRACTION of it). Vertical distances are region pixels.
+(SLIT_FRACTION of it, or DRAWN_SLIT_FRACTION where the inside is drawn). Vertical distances are region pixels.
 """
 
 from __future__ import annotations
