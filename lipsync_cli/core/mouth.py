@@ -39,10 +39,10 @@ TALKING_PERCENTILE = 98  # ...in this percentile of its frames talks
 STILL_POINT_SMOOTH_FRAMES = 0.8  # the landmarks of a video that does not talk are smoothed over this many frames
 # (a Gaussian's sigma) against the tracker's jitter; a talking video's are used as tracked, frame by frame
 DEFAULT_MAX_OPEN = 0.40  # the widest full opening (gap / eye distance) for a person whose video never opens
-# (0.45 until stop 24, when the wider opening and fuller upper teeth made a drawn mouth read 10-20% wider:
-# at 0.45 wide vowels looked shouted and stretched the skin beside the mouth into streaks; at 0.38 the
-# painted girl's range came within 0.011 of the judge's 0.06 floor)
-# (core/calibration.py measures how wide each face reads, and may set less)
+# (core/calibration.py measures how wide each face reads, and may set less). 0.45 until stop 24, when the
+# wider drawn opening and fuller upper teeth made a drawn mouth read 10-20% wider: at 0.45 wide vowels
+# looked shouted and stretched the skin beside the mouth into streaks; at 0.38 the painted girl's range
+# came within 0.011 of the judge's 0.06 floor
 LOOK_FRAMES = 8  # the drawn inner mouth's colours are the median over this many frames spread over the video
 SPEECH_MIN_OPEN = 0.15  # in speech the lips stay this share of the range apart (they rest only in silence)...
 SPEECH_FLOOR_RAMP = 0.15  # ...once the driver's `open` passes this; below it they close to rest (P/B/M, pauses)
