@@ -27,6 +27,8 @@ SKIN_PATCH_SHARE = 0.15  # each skin patch's half-side, as a share of the inner-
 INTERIOR_TINT_BGR = (0.62, 0.66, 0.9)  # the inside's hue against the lips': redder-brown, never pink
 WALL_SHADE = 0.25  # brightness (times tint x lip colour) at the lips' inner edges (brighter, or a red tongue
 # against the lower lip, and the landmark tracker puts the lower lip higher: the mouth reads shut)...
+FILMED_WALL_SHADE = 0.4  # ...beside a talking video's own filmed mouths, as lit as theirs (0.25 there put the
+# speaker's tuning clip at 0.90 closed in silence, from 0.93)...
 BACK_SHADE = 0.07  # ...and at the back of a wide-open mouth (the throat)
 DEEP_GAP_SHARE = 0.35  # an opening this tall (a share of the inner-lip width) shows the full depth;
 # a narrower one is shallow: all wall, no black
@@ -102,7 +104,8 @@ def _skin_level(img: np.ndarray, pts: np.ndarray) -> float:
     return float(np.median(levels)) if levels else DEFAULT_SKIN_LEVEL
 
 
-def draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner_width_px: float) -> np.ndarray:
+def draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner_width_px: float, *,
+                  wall_shade: float = WALL_SHADE) -> np.ndarray:
     """Paint a shaded inner mouth (walls, dark back, upper teeth, tongue, lower teeth) into the gap pixels.
 
     patch: (R, C, 3) uint8 rows of the work window; need: (R, C) bool, the pixels to paint; t: (R, C)
@@ -119,7 +122,7 @@ def draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner
     # walls near the lips, a dark back in the middle whose depth grows with the opening
     deep = smoothstep(full_gap / max(DEEP_GAP_SHARE * inner_width_px, 1.0))
     back = np.exp(-((au / BACK_HALF_WIDTH_U) ** 2 + ((t - BACK_CENTRE_T) / BACK_HALF_HEIGHT_T) ** 2))
-    shade = WALL_SHADE - (WALL_SHADE - BACK_SHADE) * deep * back
+    shade = wall_shade - (wall_shade - BACK_SHADE) * deep * back
     colour = shade[..., None] * (lip * np.array(INTERIOR_TINT_BGR, np.float32))
     ivory = np.array(TEETH_TINT_BGR, np.float32)
     level = min(TEETH_MAX_LEVEL, max(TEETH_MIN_LEVEL, TEETH_SKIN_GAIN * look.skin_level))

@@ -261,7 +261,7 @@ class OwnMouthStream:
         # only a frame of a talking video whose lips are apart shows a real inner mouth to stretch
         has_interior = bool(self._has_interior(s))
         img = warp_lips(img, pts, target_gap_px=target * iod_px, scale_x=scale_x, has_interior=has_interior,
-                        look=p.look)
+                        look=p.look, filmed=p.talking)
         if s != b:
             # a base frame whose jaw hangs lower than the new mouth's has it raised to meet it
             lift_px = float(base_pts[F.CHIN, 1]) - chin_after_warp(pts, target * iod_px)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lipsync_cli.core.interior import InteriorLook, draw_interior, interior_look
+from lipsync_cli.core.interior import FILMED_WALL_SHADE, WALL_SHADE, InteriorLook, draw_interior, interior_look
 from lipsync_cli.core.region import smoothstep
 from lipsync_cli.media import face as F
 
 UPPER_SHARE = 0.12  # of an opening, how much the upper lip rises in the middle (the jaw does the rest, as in people;
 # more reads as a shut mouth to the landmark tracker)
 SLIT_FRACTION = 0.8  # the share of the inner-lip width that opens or closes; the corners stay together...
-DRAWN_SLIT_FRACTION = 0.92  # ...and that opens where the inner mouth is drawn (0.8 until stop 24: a tall
-# bowl that the landmark tracker read as a smaller opening than this wider oval; a real inner mouth
-# keeps its own shape, since its corners have no gap to stretch)
+DRAWN_SLIT_FRACTION = 0.92  # ...and that opens where the inner mouth is drawn on a face never filmed talking
+# (0.8 until stop 24: a tall bowl that the landmark tracker read as a smaller opening than this wider
+# oval; a talking video's mouths keep the shape of its own, filmed ones)
 STRETCH_MAX = 2.5  # how far a real inner mouth may be stretched before it is drawn instead
 MIN_MOUTH_WIDTH_PX = 4  # inner corners closer than this: no mouth to warp
 MIN_GAP_CHANGE_PX = 0.6  # a gap this close to the target is left as it is...
@@ -136,14 +136,16 @@ def _upsample2(c: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x: float = 1.0,
-              has_interior: bool = True, look: InteriorLook | None = None) -> np.ndarray:
+              has_interior: bool = True, look: InteriorLook | None = None, filmed: bool = False) -> np.ndarray:
     """Open or close the mouth of a region image to `target_gap_px` at its centre.
 
     img: (S, S, 3) uint8 BGR region; pts: (468, 2) its landmarks in region pixels. The lower lip and
     jaw move down (the upper lip a little up) with a lens-shaped opening between the inner corners;
     the skin around follows smoothly. Where the source has a real open mouth (`has_interior`) it is
     stretched; where it has none, the inner mouth is drawn. scale_x > 1 spreads the lips, < 1
-    purses them. Returns a new image, or `img` itself when nothing needs to change.
+    purses them. filmed: the person is filmed talking elsewhere in the video, and a drawn mouth takes
+    the shape and light of those filmed ones. Returns a new image, or `img` itself when nothing needs
+    to change.
     """
     size = img.shape[0]
     xl, xr = float(pts[F.MOUTH_RIGHT_INNER, 0]), float(pts[F.MOUTH_LEFT_INNER, 0])
@@ -172,7 +174,8 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     xs = np.arange(x0, x1, dtype=np.float32)
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
     map_shape = (y1 - y0, x1 - x0)
-    u = (xs - cx) / ((DRAWN_SLIT_FRACTION if delta >= 0 and not has_interior else SLIT_FRACTION) * hw)
+    wide_oval = delta >= 0 and not has_interior and not filmed
+    u = (xs - cx) / ((DRAWN_SLIT_FRACTION if wide_oval else SLIT_FRACTION) * hw)
     y_top = _contour_y(pts, F.LIPS_INNER_UPPER, xs).astype(np.float32)
     y_bot = _contour_y(pts, F.LIPS_INNER_LOWER, xs).astype(np.float32)
     inside = np.abs(u) < 1  # outside the opening part the lips stay as the source has them
@@ -266,7 +269,7 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
         box = np.s_[r0:r1, c0:c1]
         look = look or interior_look([img], [pts])
         patch[box] = draw_interior(patch[box], need_box, t_box, u[c0:c1], new_top[c0:c1], new_bot[c0:c1],
-                                    look, 2 * hw)
+                                    look, 2 * hw, wall_shade=FILMED_WALL_SHADE if filmed else WALL_SHADE)
     out = img.copy()
     out[y0:y1, x0:x1] = patch
     return out
