@@ -232,8 +232,8 @@ def live(
                                          "name (see --list-devices)."),
     record: Optional[Path] = typer.Option(None, "--record", help="Write what is shown, with its sound, "
                                           "to this MP4."),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="Stop after this many "
-                                             "seconds (default: q, Esc or Ctrl-C; with --input, its end)."),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="Stop this many seconds after it "
+                                             "starts playing (default: q, Esc or Ctrl-C; with --input, its end)."),
     server: Optional[str] = typer.Option(None, "--server", help="A running lip-sync service: HOST:PORT, "
                                          "a comma-separated list, or dns:///NAME:PORT. Default: none, the engine "
                                          "runs in this process."),

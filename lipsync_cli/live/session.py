@@ -49,7 +49,7 @@ class LiveOptions:
     input: Path | None = None  # a file played as if it were the microphone (and on the speakers); None: the mic
     device: str | None = None  # the microphone: a device index or part of its name; None: the default input
     record: Path | None = None  # an MP4 to write what is shown, with its sound; None: nothing written
-    duration_s: float | None = None  # stop by itself after this long; None: on q, Esc or Ctrl-C (--input: its end)
+    duration_s: float | None = None  # stop this long after the first frame; None: on q, Esc or Ctrl-C (--input: its end)
     server: str | None = None  # a running lip-sync service (HOST:PORT, ...); None: the engine in this process
     window: bool = True  # show the window; False: headless, frames go only to on_frame (benchmarks)
     agent: AgentOptions | None = None  # talk with OpenAI Realtime: its answers drive the avatar
@@ -214,7 +214,8 @@ def _run_live(options: LiveOptions, *, store: ModelStore, started_s: float, say:
                              caption=lambda: agent.caption if agent is not None else "")
         if recorder is not None and audio.out is None:  # the microphone: recorded as late as it was seen
             recorder.place = lambda slot: max(slot, player.heard_slot())
-        stop_at_s = started_s + options.duration_s if options.duration_s is not None else None
+        # counted from here, not from the command: a busy machine's start-up does not shorten the session
+        stop_at_s = time.monotonic() + options.duration_s if options.duration_s is not None else None
         end_sample = audio.end_sample + int(FILE_TAIL_S * rate_hz) \
             if audio.end_sample is not None and stop_at_s is None else None
         _play_until_done(player, pump, lip, stop_at_s=stop_at_s, end_sample=end_sample)
