@@ -118,22 +118,32 @@ def test_the_wanted_gap_rises_smoothly_and_monotonically_with_open(sample_model)
 TEETH_MIN_WIDTH_SHARE = 0.5  # a wide opening shows upper teeth across this share of the inner-lip width
 # (0.60 now; 0.41 with the drawn mouth of stop 23)
 TEETH_MIN_CONTRAST = 60.0  # grey levels between a column's teeth and the dark inside below them
+SEAM_MIN_DIP = 8.0  # grey levels: a seam between two teeth is this much darker than the teeth beside it
+SEAM_SIDE_PX = 4  # ...looking this far either side
+MIN_SEAMS = 3  # a wide opening shows at least four separate teeth (the middle line and a seam each side)
 
 
-def test_a_wide_opening_shows_a_row_of_upper_teeth_across_the_mouth(sample_model):
-    """A person's wide vowel is a wide oval with the upper teeth showing across it, not a tall dark
-    bowl with a small grey patch in the middle (the drawn mouth until stop 24)."""
-    stream = OwnMouthGenerator().open_stream(sample_model)
-    wide = speaking(0.75)  # a wide vowel
+def _upper_teeth(model, open_: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """A drawn opening of `open_` on FRAME: per column of the inner-lip width, the brightest grey level
+    where upper teeth hang and the darkest of the opening below them; and the width's two ends."""
+    stream = OwnMouthGenerator().open_stream(model)
+    wide = speaking(open_)
     opened = stream.render(model_frame=FRAME, params=wide).image.mean(axis=2)
-    pts = sample_model.region_points(FRAME)
+    pts = model.region_points(FRAME)
     iod_px = float(np.linalg.norm(pts[F.LEFT_EYE_OUTER] - pts[F.RIGHT_EYE_OUTER]))
     gap_px = stream.target_open(wide) * iod_px
     top = int(Mouth(pts).top)
     xl, xr = float(pts[F.MOUTH_RIGHT_INNER, 0]), float(pts[F.MOUTH_LEFT_INNER, 0])
     cols = slice(int(xl), int(np.ceil(xr)))
-    teeth = opened[top:top + int(0.3 * gap_px), cols].max(axis=0)  # where upper teeth hang, per column
-    inside = opened[top:top + int(gap_px), cols].min(axis=0)  # the darkest of the opening below them
+    teeth = opened[top:top + int(0.3 * gap_px), cols].max(axis=0)
+    inside = opened[top:top + int(gap_px), cols].min(axis=0)
+    return teeth, inside, xl, xr
+
+
+def test_a_wide_opening_shows_a_row_of_upper_teeth_across_the_mouth(sample_model):
+    """A person's wide vowel is a wide oval with the upper teeth showing across it, not a tall dark
+    bowl with a small grey patch in the middle (the drawn mouth until stop 24)."""
+    teeth, inside, xl, xr = _upper_teeth(sample_model, 0.75)  # a wide vowel
     shown = np.r_[False, teeth - inside > TEETH_MIN_CONTRAST, False]
     # the run of columns with teeth through the middle of the mouth
     centre = len(shown) // 2
@@ -141,3 +151,14 @@ def test_a_wide_opening_shows_a_row_of_upper_teeth_across_the_mouth(sample_model
     left = centre - np.flatnonzero(~shown[:centre][::-1])[0]
     right = centre + np.flatnonzero(~shown[centre:])[0]
     assert (right - left) / (xr - xl) >= TEETH_MIN_WIDTH_SHARE
+
+
+def test_the_upper_teeth_are_separate_teeth(sample_model):
+    """The row of upper teeth shows where one tooth meets the next (a faint darker seam), as a
+    person's teeth do, not one smooth band (the drawn mouth until stop 25)."""
+    teeth, inside, _, _ = _upper_teeth(sample_model, 0.75)
+    lit = teeth - inside > TEETH_MIN_CONTRAST
+    seams = [x for x in range(SEAM_SIDE_PX, len(teeth) - SEAM_SIDE_PX)
+             if lit[x - SEAM_SIDE_PX:x + SEAM_SIDE_PX + 1].all() and teeth[x] == teeth[x - 1:x + 2].min()
+             and teeth[x] <= min(teeth[x - SEAM_SIDE_PX:x].max(), teeth[x + 1:x + SEAM_SIDE_PX + 1].max()) - SEAM_MIN_DIP]
+    assert len(seams) >= MIN_SEAMS, (seams, np.round(teeth))

@@ -136,3 +136,25 @@ def test_a_drawn_opening_shows_upper_teeth_lit_like_the_face(sample_model):
     teeth, inside = rows[: int(0.3 * gap)].max(), rows.min()
     assert teeth >= 0.9 * look.skin_level, (teeth, look.skin_level)
     assert inside < 0.4 * teeth
+
+
+LIGHTS_BGR = ((0.8, 0.95, 1.15), (1.15, 1.0, 0.8))  # a warm and a cool light on the same face
+
+
+def test_drawn_teeth_take_the_colour_of_the_light_on_the_face(sample_model):
+    """Teeth lit as the face is: under a warm light they are warmer than under a cool one (not one
+    fixed grey-ivory whatever the video's colours, which read as grey teeth on a warm face)."""
+    region, pts = sample_model.region(FRAMES[0]), sample_model.region_points(FRAMES[0])
+    mouth, gap = Mouth(pts), 36.0
+    blue_over_red = []
+    for light in LIGHTS_BGR:
+        lit = np.clip(region * np.array(light, np.float32), 0, 255).astype(np.uint8)
+        warped = warp_lips(lit, pts, target_gap_px=gap, has_interior=False, look=interior_look([lit], [pts]))
+        up = -vertical_shift(lit, warped, mouth.upper_lip, mouth.cols)
+        top, (c0, c1) = int(round(mouth.top - up)), mouth.cols
+        band = warped[top:top + int(0.3 * gap), c0:c1].reshape(-1, 3).astype(np.float32)
+        teeth = band[band.sum(axis=1) >= np.percentile(band.sum(axis=1), 90)].mean(axis=0)  # the brightest
+        blue_over_red.append(teeth[0] / teeth[2])
+    warm, cool = blue_over_red
+    # the light's own blue/red ratio differs 2x between the two; the teeth must follow part of it
+    assert cool > 1.25 * warm, (warm, cool)

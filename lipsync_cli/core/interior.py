@@ -1,6 +1,7 @@
-"""The inner mouth drawn where a warp opens lips that show none: walls, a dark back, upper teeth, a
-tongue and lower teeth, in one person's colours (`InteriorLook`, measured once), so the inside of the
-mouth is the same thing from frame to frame.
+"""The inner mouth drawn where a warp opens lips that show none: walls, a dark back, a row of upper
+teeth (one tooth beside the next, ivory in the colour of the light on the face), a tongue and lower
+teeth, in one person's colours (`InteriorLook`, measured once), so the inside of the mouth is the same
+thing from frame to frame.
 
 Across the mouth, `u` runs -1..1 over the part of the inner lip line that opens (see `warp`); down
 it, `t` runs 0 at the new upper lip to 1 at the new lower lip. Sizes are region pixels.
@@ -37,7 +38,8 @@ BACK_HALF_WIDTH_U = 0.7  # the dark back's half-width (u) ...
 BACK_HALF_HEIGHT_T = 0.5  # ... and half-height (share of the gap)
 TEETH_MIN_GAP_PX = 3.0  # upper teeth start to show at this gap ...
 TEETH_FULL_GAP_PX = 8.0  # ... and are fully there from this one (no popping between frames)
-TEETH_TINT_BGR = (0.78, 0.88, 0.98)  # warm ivory
+TEETH_TINT_BGR = (0.86, 0.93, 1.0)  # ivory...
+TEETH_LIGHT_TINT = 0.5  # ...in the light that falls on the face: this power of the skin's colour over its grey
 TEETH_SKIN_GAIN = 1.3  # the teeth catch the light as enamel does: at their edge a little brighter than the skin...
 TEETH_MIN_LEVEL, TEETH_MAX_LEVEL = 130.0, 215.0  # ...within these grey levels
 TEETH_GAP_SHARE = 0.45  # the upper teeth show at most this share of the gap...
@@ -45,8 +47,16 @@ TEETH_WIDTH_SHARE = 0.25  # ...and of the inner-lip width
 TEETH_HALF_SPAN = 0.9  # no teeth beyond this |u| (the canines turn away into the shade)
 TEETH_EDGE_PX = 1.5  # the teeth's free edge blends over this many pixels
 TEETH_EDGE_ORDER = 4  # the free edge is (1 - side^this) ** 0.5: a flat arc that turns up at the band's ends
-TEETH_CORNER_DARKEN = 0.9  # teeth light falls by this times (u / span)^2 towards the sides
-TEETH_ROOT_LIGHT = 0.8  # under the upper lip (its shadow) the teeth are this bright, full at their edge
+TEETH_CORNER_DARKEN = 0.9  # teeth light falls by this times (u / span)^TEETH_CORNER_ORDER towards the sides
+TEETH_CORNER_ORDER = 2.5  # (the front teeth are lit alike; the light falls where the arch turns away)
+TEETH_ROOT_LIGHT = 0.85  # under the upper lip (its shadow) the teeth are this bright, full at their edge
+# where one upper tooth meets the next, as a share of the band's half-span from the middle: the front
+# teeth are widest and the ones further round narrow with the arch
+TOOTH_BOUNDARIES = (0.0, 0.28, 0.5, 0.68, 0.82)
+TOOTH_SEAM_PX = 0.7  # a seam between two teeth is this wide (Gaussian half-width)...
+TOOTH_SEAM_DARKEN = 0.22  # ...and this much darker...
+TOOTH_NOTCH_PX = 1.6  # ...and their free edges round off into a notch this wide...
+TOOTH_NOTCH_SHARE = 0.12  # ...that shortens the band there by this share
 TEETH_OPACITY = 0.9
 LOWER_TEETH_MIN_GAP_PX = 14.0  # lower teeth show only in wide openings...
 LOWER_TEETH_GAP_SHARE = 0.08  # ...at most this share of the gap...
@@ -69,17 +79,27 @@ class InteriorLook:
     and reused on every frame, so the inside of the mouth does not change from frame to frame."""
 
     lip_bgr: tuple[float, float, float]  # mean colour of the lips
-    skin_level: float  # grey level of the lit face (the teeth are lit alike)
+    skin_bgr: tuple[float, float, float]  # colour of the lit face: the teeth are lit alike, in its light
+
+    @property
+    def skin_level(self) -> float:
+        """The face's grey level."""
+        return _grey(np.array(self.skin_bgr, np.float32))
 
 
 def interior_look(images: list[np.ndarray], points: list[np.ndarray]) -> InteriorLook:
     """The median look over some region images (S, S, 3) uint8 BGR with their (468, 2) landmarks."""
     lips = np.array([_lip_colour(img, pts) for img, pts in zip(images, points)], np.float32)
-    skins = [_skin_level(img, pts) for img, pts in zip(images, points)]
+    skins = np.array([_skin_colour(img, pts) for img, pts in zip(images, points)], np.float32)
     if len(lips) == 0:
-        return InteriorLook(DEFAULT_LIP_BGR, DEFAULT_SKIN_LEVEL)
-    lip = np.median(lips, axis=0)
-    return InteriorLook((float(lip[0]), float(lip[1]), float(lip[2])), float(np.median(skins)))
+        return InteriorLook(DEFAULT_LIP_BGR, (DEFAULT_SKIN_LEVEL,) * 3)
+    lip, skin = np.median(lips, axis=0), np.median(skins, axis=0)
+    return InteriorLook((float(lip[0]), float(lip[1]), float(lip[2])), (float(skin[0]), float(skin[1]), float(skin[2])))
+
+
+def _grey(bgr: np.ndarray) -> float:
+    """The grey level of one (3,) float BGR colour (as OpenCV weighs the channels)."""
+    return float(cv2.cvtColor(bgr.reshape(1, 1, 3).astype(np.float32), cv2.COLOR_BGR2GRAY)[0, 0])
 
 
 def _lip_colour(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -92,16 +112,16 @@ def _lip_colour(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.array(DEFAULT_LIP_BGR, np.float32)
 
 
-def _skin_level(img: np.ndarray, pts: np.ndarray) -> float:
-    """The median grey level of small patches of cheek skin (DEFAULT_SKIN_LEVEL when none is in the image)."""
-    grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+def _skin_colour(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(3,) BGR: the median colour of small patches of cheek skin (grey DEFAULT_SKIN_LEVEL when none is
+    in the image)."""
     half = max(1, int(SKIN_PATCH_SHARE * (pts[F.MOUTH_LEFT_INNER, 0] - pts[F.MOUTH_RIGHT_INNER, 0])))
-    levels = []
+    colours = []
     for x, y in np.round(pts[list(SKIN_POINTS)]).astype(int):
-        patch = grey[max(0, y - half):y + half + 1, max(0, x - half):x + half + 1]
+        patch = img[max(0, y - half):y + half + 1, max(0, x - half):x + half + 1]
         if patch.size:
-            levels.append(float(np.median(patch)))
-    return float(np.median(levels)) if levels else DEFAULT_SKIN_LEVEL
+            colours.append(np.median(patch.reshape(-1, 3), axis=0))
+    return np.median(colours, axis=0) if colours else np.full(3, DEFAULT_SKIN_LEVEL, np.float32)
 
 
 def draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner_width_px: float, *,
@@ -124,7 +144,7 @@ def draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner
     back = np.exp(-((au / BACK_HALF_WIDTH_U) ** 2 + ((t - BACK_CENTRE_T) / BACK_HALF_HEIGHT_T) ** 2))
     shade = wall_shade - (wall_shade - BACK_SHADE) * deep * back
     colour = shade[..., None] * (lip * np.array(INTERIOR_TINT_BGR, np.float32))
-    ivory = np.array(TEETH_TINT_BGR, np.float32)
+    ivory = _teeth_colour(look)
     level = min(TEETH_MAX_LEVEL, max(TEETH_MIN_LEVEL, TEETH_SKIN_GAIN * look.skin_level))
     if full_gap > TONGUE_MIN_GAP_PX:  # tongue: a mound low in the mouth, lit on top
         show = smoothstep((full_gap - TONGUE_MIN_GAP_PX) / (TONGUE_FULL_GAP_PX - TONGUE_MIN_GAP_PX))
@@ -136,7 +156,9 @@ def draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner
     if full_gap > TEETH_MIN_GAP_PX:  # upper teeth: a band under the upper lip, narrowing to the sides
         show = smoothstep((full_gap - TEETH_MIN_GAP_PX) / (TEETH_FULL_GAP_PX - TEETH_MIN_GAP_PX))
         band = np.minimum(TEETH_GAP_SHARE * gap_px, TEETH_WIDTH_SHARE * inner_width_px)
-        on, light = _teeth(depth_px, band, au / TEETH_HALF_SPAN, TEETH_ROOT_LIGHT)
+        px_per_side = TEETH_HALF_SPAN / max(float(np.abs(np.diff(u)).mean()), 1e-6) if len(u) > 1 else 1.0
+        on, light = _teeth(depth_px, band, au / TEETH_HALF_SPAN, TEETH_ROOT_LIGHT,
+                           seams=_tooth_seams(au / TEETH_HALF_SPAN, px_per_side))
         _lay_over(colour, TEETH_OPACITY * show * on, lambda r: ivory * (level * light[r])[..., None])
     if full_gap > LOWER_TEETH_MIN_GAP_PX:  # lower teeth: a dim edge just above the lower lip's middle
         band = LOWER_TEETH_GAP_SHARE * (gap_px - LOWER_TEETH_MIN_GAP_PX)
@@ -162,11 +184,31 @@ def _lay_over(colour: np.ndarray, opacity: np.ndarray, paint) -> None:
         colour[r] = colour[r] * (1 - m) + paint(r) * m
 
 
-def _teeth(depth_px, height_px, side, root_light: float):
+def _teeth_colour(look: InteriorLook) -> np.ndarray:
+    """(3,) BGR factors on the teeth's grey level: ivory, in the colour of the light on this face."""
+    skin = np.maximum(np.array(look.skin_bgr, np.float32), 1.0)
+    light = (skin / max(look.skin_level, 1.0)) ** TEETH_LIGHT_TINT
+    colour = np.array(TEETH_TINT_BGR, np.float32) * light
+    return colour / _grey(colour)
+
+
+def _tooth_seams(side: np.ndarray, px_per_side: float) -> tuple[np.ndarray, np.ndarray]:
+    """(seam, notch) per column of `side` (|u| over the band's half-span): each 1 on the line where one
+    tooth meets the next (TOOTH_BOUNDARIES) and falling off over TOOTH_SEAM_PX / TOOTH_NOTCH_PX."""
+    away_px = np.min(np.abs(side[..., None] - np.array(TOOTH_BOUNDARIES, np.float32)), axis=-1) * px_per_side
+    return np.exp(-(away_px / TOOTH_SEAM_PX) ** 2), np.exp(-(away_px / TOOTH_NOTCH_PX) ** 2)
+
+
+def _teeth(depth_px, height_px, side, root_light: float, *, seams: tuple[np.ndarray, np.ndarray] | None = None):
     """(opacity, light) of a band of teeth `height_px` deep from its root (depth 0); `side` is |u|
-    over the band's half-span (0 in the middle, 1 where it ends): the band shortens and darkens there."""
+    over the band's half-span (0 in the middle, 1 where it ends): the band shortens and darkens there.
+    `seams` (`_tooth_seams`): where single teeth meet, a darker line and a notch in the free edge."""
     h = height_px * np.sqrt(np.clip(1 - side ** TEETH_EDGE_ORDER, 0, 1))
+    if seams is not None:
+        h = h * (1 - TOOTH_NOTCH_SHARE * seams[1])
     on = np.clip((h - depth_px) / TEETH_EDGE_PX, 0, 1) * (h > 0)
-    light = np.clip(1 - TEETH_CORNER_DARKEN * side ** 2, 0, 1) * (
+    light = np.clip(1 - TEETH_CORNER_DARKEN * side ** TEETH_CORNER_ORDER, 0, 1) * (
         root_light + (1 - root_light) * np.clip(depth_px / np.maximum(h, 1), 0, 1))
+    if seams is not None:
+        light = light * (1 - TOOTH_SEAM_DARKEN * seams[0])
     return on, light
