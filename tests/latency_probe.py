@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import os
 import sys
 import threading
 import time
@@ -113,7 +114,10 @@ def _find_window(screen: Screen, model, scale: float, timeout_s: float = FIND_WI
         if score >= 0.6:
             return x, y - top
         if time.monotonic() > give_up_s:
-            raise RuntimeError(f"the avatar is not on the screen (match {score:.2f})")
+            from live_support import windows_on
+
+            raise RuntimeError(f"the avatar is not on the screen (match {score:.2f}); "
+                               f"{windows_on(os.environ.get('DISPLAY', ''))}")
         time.sleep(0.2)
 
 

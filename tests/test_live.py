@@ -18,7 +18,7 @@ from conftest import SAMPLE_SPEECH, SAMPLE_VIDEO, write_wav
 from helpers import assert_clean_error, run_cli
 from live_support import (REPO, SYNC_TOLERANCE_FRAMES, best_match, checked_offset_frames,  # noqa: F401
                           find_in_screen, frame_loudness, mouth_change, mouth_lag_frames, pulse, real_speech,
-                          recording, screenshot, start_session, xvfb)
+                          recording, screenshot, start_session, windows_on, xvfb)
 from lipsync_cli.media.audio import load_audio
 from test_render import check_mp4
 
@@ -59,7 +59,7 @@ def test_window_shows_the_avatar_speaking_the_file_and_the_record_holds_it(env, 
         time.sleep(0.5)
         screen = screenshot(env["DISPLAY"], tmp_path / "window.png")
         found = find_in_screen(screen, sample_model.frame(0))
-    windows = _windows(env["DISPLAY"]) if found <= 0.6 else ""  # what the screen held, should it fail
+    windows = windows_on(env["DISPLAY"]) if found <= 0.6 else ""  # what the screen held, should it fail
     session.wait(30)
     assert session.proc.returncode == 0, session.stderr
     assert screen is not None and found > 0.6, \
@@ -81,15 +81,6 @@ def test_window_shows_the_avatar_speaking_the_file_and_the_record_holds_it(env, 
     assert ncc > 0.95 and offset < rate // 25, (offset, ncc)
     _check_mouth(frames, audio, rate, sample_model)
     _check_in_sync(frames, audio, rate, sample_model)
-
-
-def _windows(display: str) -> str:
-    """The X windows on `display`, one line (the cause of a rare all-black screen is not known yet)."""
-    if shutil.which("xwininfo") is None:
-        return "xwininfo is not installed"
-    run = subprocess.run(["xwininfo", "-display", display, "-root", "-tree"], capture_output=True, text=True,
-                         timeout=10)
-    return " | ".join(line.strip() for line in run.stdout.splitlines() if line.strip())
 
 
 def _check_in_sync(frames, audio, rate_hz, model) -> None:
