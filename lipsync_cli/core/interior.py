@@ -156,6 +156,7 @@ def draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner
     if full_gap > TEETH_MIN_GAP_PX:  # upper teeth: a band under the upper lip, narrowing to the sides
         show = smoothstep((full_gap - TEETH_MIN_GAP_PX) / (TEETH_FULL_GAP_PX - TEETH_MIN_GAP_PX))
         band = np.minimum(TEETH_GAP_SHARE * gap_px, TEETH_WIDTH_SHARE * inner_width_px)
+        # pixels per unit of |u| / TEETH_HALF_SPAN (u is linear in the column): the seams' widths are pixels
         px_per_side = TEETH_HALF_SPAN / max(float(np.abs(np.diff(u)).mean()), 1e-6) if len(u) > 1 else 1.0
         on, light = _teeth(depth_px, band, au / TEETH_HALF_SPAN, TEETH_ROOT_LIGHT,
                            seams=_tooth_seams(au / TEETH_HALF_SPAN, px_per_side))
