@@ -127,19 +127,30 @@ class Unavailable(RuntimeError):
     """A virtual device could not start here (the tests skip, the benchmarks say so)."""
 
 
+def _answers(n: int) -> bool:
+    """Whether X display :n is up: its socket is there and a client can query its root window."""
+    if not Path(f"/tmp/.X11-unix/X{n}").exists():
+        return False
+    if shutil.which("xwininfo") is None:
+        return True
+    return subprocess.run(["xwininfo", "-display", f":{n}", "-root"], capture_output=True, timeout=10).returncode == 0
+
+
 @contextlib.contextmanager
 def virtual_display() -> Iterator[str]:
     """A running Xvfb; yields its DISPLAY value."""
     if shutil.which("Xvfb") is None:
         raise Unavailable("Xvfb is not installed (apt-get install xvfb): the live window needs a display")
     n = _free_display()
-    # -noreset: the server keeps its state when the last client leaves between two tests (a reset
-    # there is one suspect of the rare all-black screen); -s 0: no screen saver in a long run
+    # -noreset: the server keeps its state when its last client leaves (the readiness check below, a
+    # test's screenshot): a server reset just as a session's window opens is one suspect of the rare
+    # all-black screen, seen only in the first test of a module, on a server just started; -s 0: no
+    # screen saver in a long run
     proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", SCREEN, "-nolisten", "tcp", "-noreset", "-s", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while not Path(f"/tmp/.X11-unix/X{n}").exists():
+        while not _answers(n):  # its socket, then a client's query (the socket comes first)
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise Unavailable(f"Xvfb :{n} did not start")
             time.sleep(0.05)
