@@ -7,6 +7,10 @@ frame was drawn on, `timing.ping_pong`), and is labelled with its frame number a
 gap (`judge.py`: |p13 - p14| / |p10 - p152| from the tracker on that output frame).
 
     python bench/contact_strip.py OUT.mp4 MODEL_VIDEO strip.png [--start 50] [--cache DIR]
+    python bench/contact_strip.py OUT.mp4 MODEL_VIDEO strip.png --by-opening
+
+--by-opening: the 24 tiles are the whole video's frames whose gaps sit nearest 24 evenly spaced
+percentiles, shut to widest (every opening the render makes, to look at side by side).
 """
 
 from __future__ import annotations
@@ -63,20 +67,37 @@ def label(tile: np.ndarray, text: str) -> np.ndarray:
     return tile
 
 
-def strip(output: Path, model_video: Path, *, start: int, store: ModelStore) -> np.ndarray:
-    """The contact strip image (BGR) of output frames start .. start + 23."""
+def by_opening(output: Path, n: int) -> dict[int, float]:
+    """{output frame: judge's gap} of the frames whose gaps sit nearest n evenly spaced percentiles
+    (0..100), shut to widest; the gaps as tracked through the whole video."""
+    tracker = FaceTracker()
+    gaps = np.array([judge_gap(tracker, frame) for frame in iter_frames(output)])
+    picked = [int(np.nanargmin(np.abs(gaps - g))) for g in np.nanpercentile(gaps, np.linspace(0, 100, n))]
+    return {i: float(gaps[i]) for i in picked}
+
+
+def strip(output: Path, model_video: Path, *, start: int, store: ModelStore, opening: bool = False) -> np.ndarray:
+    """The contact strip image (BGR) of output frames start .. start + 23 (opening: `by_opening`'s frames)."""
     model = store.get(model_video)
     tracker_out, tracker_model = FaceTracker(), FaceTracker()
     tiles, originals = [], []
     n = COLUMNS * ROWS
+    known = by_opening(output, n) if opening else {}
+    frames = list(known) if opening else list(range(start, start + n))
+    shown = {}
     for i, frame in enumerate(iter_frames(output)):
-        if i < start:
-            continue
-        if i >= start + n:
+        if i > max(frames):
             break
+        if i in frames:
+            gap = known[i] if opening else judge_gap(tracker_out, frame)  # consecutive frames: tracked
+            shown[i] = (frame, gap)
+    for i in frames:
+        if i not in shown:
+            continue
+        frame, gap = shown[i]
         mf = ping_pong(i, model.n_frames)
         bounds = mouth_box(model.mouth_bounds[mf], model.landmarks[mf])
-        tiles.append(label(crop(frame, bounds), f"{i} gap {judge_gap(tracker_out, frame):.3f}"))
+        tiles.append(label(crop(frame, bounds), f"{i} gap {gap:.3f}"))
         if len(originals) < COLUMNS:
             own = model.frame(mf)
             originals.append(label(crop(own, bounds), f"model {mf} {judge_gap(tracker_model, own):.3f}"))
@@ -95,9 +116,11 @@ def main() -> None:
     ap.add_argument("png", type=Path)
     ap.add_argument("--start", type=int, default=50, help="first output frame of the strip")
     ap.add_argument("--cache", type=Path, help="model cache folder (default: the project's)")
+    ap.add_argument("--by-opening", action="store_true", help="tiles from shut to widest over the whole video")
     args = ap.parse_args()
     store = ModelStore(cache_dir=args.cache) if args.cache else ModelStore()
-    cv2.imwrite(str(args.png), strip(args.output, args.model_video, start=args.start, store=store))
+    cv2.imwrite(str(args.png), strip(args.output, args.model_video, start=args.start, store=store,
+                                     opening=args.by_opening))
     print(args.png)
 
 
