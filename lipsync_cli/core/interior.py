@@ -9,6 +9,7 @@ it, `t` runs 0 at the new upper lip to 1 at the new lower lip. Sizes are region 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -76,15 +77,24 @@ COLOUR_BLUR_SIGMA_PX = 0.9  # the drawn interior is this soft (a real one is nev
 @dataclass(frozen=True)
 class InteriorLook:
     """The colours a drawn inner mouth is made of, for one person: measured once (`interior_look`)
-    and reused on every frame, so the inside of the mouth does not change from frame to frame."""
+    and reused on every frame, so the inside of the mouth does not change from frame to frame (what
+    follows from them is worked out once too)."""
 
     lip_bgr: tuple[float, float, float]  # mean colour of the lips
     skin_bgr: tuple[float, float, float]  # colour of the lit face: the teeth are lit alike, in its light
 
-    @property
+    @functools.cached_property
     def skin_level(self) -> float:
         """The face's grey level."""
         return _grey(np.array(self.skin_bgr, np.float32))
+
+    @functools.cached_property
+    def teeth_bgr(self) -> np.ndarray:
+        """(3,) BGR factors on the teeth's grey level: ivory, in the colour of the light on this face."""
+        skin = np.maximum(np.array(self.skin_bgr, np.float32), 1.0)
+        light = (skin / max(self.skin_level, 1.0)) ** TEETH_LIGHT_TINT
+        colour = np.array(TEETH_TINT_BGR, np.float32) * light
+        return colour / _grey(colour)
 
 
 def interior_look(images: list[np.ndarray], points: list[np.ndarray]) -> InteriorLook:
@@ -144,7 +154,7 @@ def draw_interior(patch, need, t, u, new_top, new_bot, look: InteriorLook, inner
     back = np.exp(-((au / BACK_HALF_WIDTH_U) ** 2 + ((t - BACK_CENTRE_T) / BACK_HALF_HEIGHT_T) ** 2))
     shade = wall_shade - (wall_shade - BACK_SHADE) * deep * back
     colour = shade[..., None] * (lip * np.array(INTERIOR_TINT_BGR, np.float32))
-    ivory = _teeth_colour(look)
+    ivory = look.teeth_bgr
     level = min(TEETH_MAX_LEVEL, max(TEETH_MIN_LEVEL, TEETH_SKIN_GAIN * look.skin_level))
     if full_gap > TONGUE_MIN_GAP_PX:  # tongue: a mound low in the mouth, lit on top
         show = smoothstep((full_gap - TONGUE_MIN_GAP_PX) / (TONGUE_FULL_GAP_PX - TONGUE_MIN_GAP_PX))
@@ -183,14 +193,6 @@ def _lay_over(colour: np.ndarray, opacity: np.ndarray, paint) -> None:
         r = np.s_[rows[0]:rows[-1] + 1]
         m = opacity[r][..., None]
         colour[r] = colour[r] * (1 - m) + paint(r) * m
-
-
-def _teeth_colour(look: InteriorLook) -> np.ndarray:
-    """(3,) BGR factors on the teeth's grey level: ivory, in the colour of the light on this face."""
-    skin = np.maximum(np.array(look.skin_bgr, np.float32), 1.0)
-    light = (skin / max(look.skin_level, 1.0)) ** TEETH_LIGHT_TINT
-    colour = np.array(TEETH_TINT_BGR, np.float32) * light
-    return colour / _grey(colour)
 
 
 def _tooth_seams(side: np.ndarray, px_per_side: float) -> tuple[np.ndarray, np.ndarray]:
