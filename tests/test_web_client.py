@@ -508,7 +508,9 @@ def test_agent_voice_delay_grows_with_late_frames_and_comes_back_in_silence(page
     assert page.problems == []
     assert grown >= 0.26 - 1e-6
     shrinks = [c for c in state["changes"] if c["to"] < c["from"]]
-    assert shrinks and 0.1 - 1e-6 <= state["delay"] < grown
+    # judged on the steps back, not on the delay at the end: a busy machine may make real frames late
+    # after them, and growing again then is the jitter buffer doing its job
+    assert shrinks and all(c["to"] >= 0.1 - 1e-6 for c in shrinks)
     assert all(round(c["from"] - c["to"], 6) == 0.04 for c in shrinks)
     # each step back came when the voice had been quiet for longer than the delay it shortened
     assert all(c["at"] - c["loudAt"] > c["from"] for c in shrinks), shrinks
