@@ -95,6 +95,21 @@ def test_a_wider_target_opens_wider_and_the_same_gap_changes_nothing(sample_mode
     np.testing.assert_array_equal(unchanged, region)
 
 
+def test_the_corners_of_the_mouth_go_down_with_the_jaw(sample_model):
+    """A wide opening reads as an "ah", not a grin: the jaw pulls the mouth's corners down too (about a
+    third as far as the lower lip's middle), with the lips still together there; the nose stays."""
+    region, pts = sample_model.region(FRAMES[0]), sample_model.region_points(FRAMES[0])
+    mouth = Mouth(pts)
+    warped = warp_lips(region, pts, target_gap_px=30.0, has_interior=False)
+    down = vertical_shift(region, warped, mouth.lower_lip, mouth.cols)
+    for corner in (F.MOUTH_RIGHT_INNER, F.MOUTH_LEFT_INNER):
+        x, y = (int(round(v)) for v in pts[corner])
+        corner_down = vertical_shift(region, warped, (y - 5, y + 5), (x - 3, x + 4))
+        assert 0.15 * down < corner_down < 0.5 * down, (corner_down, down)
+    nose = (int(mouth.nose) - 6, int(mouth.nose) + 2)
+    assert abs(vertical_shift(region, warped, nose, mouth.cols)) <= SEARCH_STEP_PX
+
+
 @pytest.mark.parametrize("lift_px", [4.0, 10.0])
 def test_a_lifted_jaw_raises_the_chin_and_leaves_nose_and_neck(sample_model, lift_px):
     """Before a less open frame's lower face is blended onto a base frame, the base's jaw is raised to

@@ -44,6 +44,8 @@ LIP_LIFT_HALF_WIDTH = 1.6  # columns this many u out no longer rise with the upp
 SKIN_RAMP_HALF_WIDTHS = 0.9  # the shortest ramp (in hw) of the skin beside the slit to the full shift
 CHIN_FADE_SHARE = 0.45  # below the jawline the shift fades out over this share of the lower lip-to-chin distance...
 FADE_PER_DROP = 1.6  # ...and over at least this many times the drop (the neck is squeezed, never folded)
+CORNER_DROP_SHARE = 0.3  # the mouth's corners go down this share of the lower lip's drop (the jaw pulls them)...
+CORNER_FADE_SHARE = 0.6  # ...and the skin above them follows, less and less, up this share of the lip-to-nose distance
 NOSE_FADE_SHARE = 0.8  # above the upper lip the shift fades out over this share of the lip-to-nose distance
 MIN_FADE_PX = 4.0  # the shortest fade
 MIN_LIFT_PX = 1.5  # lift_jaw: a jaw this close to where it should be is left alone
@@ -195,8 +197,12 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     ramp_px = np.maximum(JAW_RAMP_SHARE * (jaw_y - y_bot), SKIN_RAMP_HALF_WIDTHS * hw).astype(np.float32)
     lip_up = 0.5 * (1 + np.cos(np.pi * np.clip(u / LIP_LIFT_HALF_WIDTH, -1, 1)))
 
+    # the mouth's corners go down with the jaw by CORNER_DROP_SHARE of its drop (the lips stay together
+    # there), and the lower lip between them takes the rest as the slit opens
+    corner = CORNER_DROP_SHARE * (1 - slit)
+    lip_drop = corner + slit
     half = np.s_[::2]  # the jaw's drop is worked out on every other row and column (see below)
-    slit_h = np.ascontiguousarray(slit[half])
+    slit_h = np.ascontiguousarray(lip_drop[half])
     # (y - y_bot) / ramp_px and (y - jaw_y) / fade_px as y * scale + offset, per column
     ramp_scale = np.ascontiguousarray(1 / ramp_px[half])
     ramp_offset = -y_bot[half] * ramp_scale
@@ -216,8 +222,9 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
         ramp *= drop_h
         return ramp
 
-    new_top = y_top - d_up * lip_up * slit_up
-    new_bot = y_bot + d_low * jaw * slit
+    corner_px = (d_low * jaw * corner).astype(np.float32)
+    new_top = y_top - d_up * lip_up * slit_up + corner_px
+    new_bot = y_bot + d_low * jaw * lip_drop
     # rows above the lowest new lower lip take the upper lip's rise or the stretched gap; rows below
     # the highest one the jaw's drop; only the band between needs both (each is worked out only where needed)
     rows_n = len(ys)
@@ -234,6 +241,20 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     src_y_upper *= fade_nose
     src_y_upper *= d_up * lip_up
     src_y_upper += ys_up
+    # the corners' drop, fading out above them (a smooth field: inverted by fixed-point steps)
+    corner_fade = np.float32(1 / max(CORNER_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX))
+
+    def corner_shift(y: np.ndarray) -> np.ndarray:
+        fade = _smoothstep_inplace((y_top - y) * corner_fade)
+        np.subtract(1, fade, out=fade)
+        fade *= corner_px
+        return fade
+
+    if np.any(corner_px):
+        src_c = ys_up - corner_shift(ys_up)
+        for _ in range(INVERSE_STEPS - 1):
+            src_c = ys_up - corner_shift(src_c)
+        src_y_upper += src_c - ys_up
     # rows inside the new opening take the source's gap, stretched
     in_gap = (ys_up > new_top) & (ys_up < new_bot)
     t = np.subtract(ys_up, new_top) * (1 / np.maximum(new_bot - new_top, MIN_SPAN_PX))
