@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_MS = 20  # one audio block: short enough for low latency, long enough for Python's scheduling
 MIC_BLOCK_MS = 10  # the microphone's block: each ms of it waits in the capture buffer before anything sees it
-# the lip-sync engine's own rate: a microphone opened at it needs no resampler (soxr holds ~10-20 ms back)
+# the lip-sync engine's own rate: a microphone opened at it needs no resampler (which holds ~1 ms back)
 MIC_PREFERRED_RATE_HZ = 16_000
 QUEUE_BLOCKS = 100  # a queue holds 1 s of microphone blocks (2 s of CHUNK_MS ones) before it overruns
 SPEAKER_QUEUE_BLOCKS = 12  # at most 240 ms of sound waits for the speakers (barge-in stops it at once)
