@@ -264,7 +264,8 @@ class App {
       if (session.closed || session.interrupted || header.mouth_of_s < session.heardFromS) { bitmap?.close(); return; }
       // shown while its audio is heard: from half a frame before its centre
       const dueS = header.mouth_of_s - 0.5 / session.facts.fps;
-      session.pending.push({ header, bitmap, dueS });
+      // the session's audio arrived by the time this frame is ready (its mouth's sound arrived mouth_of_s)
+      session.pending.push({ header, bitmap, dueS, readyAt: this.arrived(session) });
       const playing = this.playing(session);
       if (session.mode === "agent" && playing !== null) this.early(session, dueS - playing);
     });
@@ -305,7 +306,7 @@ class App {
     if (idle) this.drawIdle(nowMs);
   }
 
-  drawMouth(session, { header, bitmap }, playing, nowMs) {
+  drawMouth(session, { header, bitmap, readyAt }, playing, nowMs) {
     const frame = this.modelVideoManager.getModelFrame(this.model, header.model_frame);
     const { width, height } = session.facts;
     if (frame) this.faceCompositor.compositeFrame(frame, bitmap, header.bounds, width);
@@ -313,7 +314,7 @@ class App {
     bitmap?.close();
     session.lastDrawMs = nowMs;
     this.idleStartMs = null;
-    this.log({ playing, mouthOf: header.mouth_of_s, arrived: this.arrived(session),
+    this.log({ playing, mouthOf: header.mouth_of_s, arrived: this.arrived(session), readyAt,
                modelFrame: header.model_frame,
                bounds: header.bounds,
                index: header.index, speech: header.speech, droppedS: header.dropped_s, open: header.open, fromModel: Boolean(frame) });
