@@ -142,10 +142,10 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     """Open or close the mouth of a region image to `target_gap_px` at its centre.
 
     img: (S, S, 3) uint8 BGR region; pts: (468, 2) its landmarks in region pixels. The lower lip and
-    jaw move down (the upper lip a little up) with a lens-shaped opening between the inner corners;
-    the skin around follows smoothly. Where the source has a real open mouth (`has_interior`) it is
-    stretched; where it has none, the inner mouth is drawn. scale_x > 1 spreads the lips, < 1
-    purses them. filmed: the person is filmed talking elsewhere in the video, and a drawn mouth takes
+    jaw move down (the upper lip a little up, the corners a little down) with a lens-shaped opening
+    between the inner corners; the skin around follows smoothly. Where the source has a real open
+    mouth (`has_interior`) it is stretched; where it has none, the inner mouth is drawn. scale_x > 1
+    spreads the lips, < 1 purses them. filmed: the person is filmed talking elsewhere in the video, and a drawn mouth takes
     the shape and light of those filmed ones. Returns a new image, or `img` itself when nothing needs
     to change.
     """
@@ -202,7 +202,7 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     corner = CORNER_DROP_SHARE * (1 - slit)
     lip_drop = corner + slit
     half = np.s_[::2]  # the jaw's drop is worked out on every other row and column (see below)
-    slit_h = np.ascontiguousarray(lip_drop[half])
+    lip_drop_h = np.ascontiguousarray(lip_drop[half])
     # (y - y_bot) / ramp_px and (y - jaw_y) / fade_px as y * scale + offset, per column
     ramp_scale = np.ascontiguousarray(1 / ramp_px[half])
     ramp_offset = -y_bot[half] * ramp_scale
@@ -210,12 +210,13 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     drop_h = np.ascontiguousarray(d_low * jaw[half])
 
     def lower_shift(y: np.ndarray) -> np.ndarray:
-        """The jaw's drop at source rows `y` of every other column: full right under the lip inside the
-        slit, ramping up beside it, fading out below the jawline (worked out in place: it runs
+        """The jaw's drop at source rows `y` of every other column: right under the lip, the lip's own
+        drop (all of it in the middle of the slit, CORNER_DROP_SHARE of it at the ends and beside),
+        ramping up to all of it below, fading out below the jawline (worked out in place: it runs
         INVERSE_STEPS + 1 times a warp)."""
         ramp = _smoothstep_inplace(np.multiply(y, ramp_scale) + ramp_offset)
-        ramp *= 1 - slit_h
-        ramp += slit_h
+        ramp *= 1 - lip_drop_h
+        ramp += lip_drop_h
         fade = _smoothstep_inplace(np.multiply(y, np.float32(1 / fade_px)) + fade_offset)
         np.subtract(1, fade, out=fade)
         ramp *= fade
@@ -241,7 +242,8 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     src_y_upper *= fade_nose
     src_y_upper *= d_up * lip_up
     src_y_upper += ys_up
-    # the corners' drop, fading out above them (a smooth field: inverted by fixed-point steps)
+    # the corners' drop, fading out above them (a smooth field: inverted by INVERSE_STEPS fixed-point
+    # steps in all; the pixels of this stop's figures)
     corner_fade = np.float32(1 / max(CORNER_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX))
 
     def corner_shift(y: np.ndarray) -> np.ndarray:
