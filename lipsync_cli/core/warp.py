@@ -145,9 +145,9 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     jaw move down (the upper lip a little up, the corners a little down) with a lens-shaped opening
     between the inner corners; the skin around follows smoothly. Where the source has a real open
     mouth (`has_interior`) it is stretched; where it has none, the inner mouth is drawn. scale_x > 1
-    spreads the lips, < 1 purses them. filmed: the person is filmed talking elsewhere in the video, and a drawn mouth takes
-    the shape and light of those filmed ones. Returns a new image, or `img` itself when nothing needs
-    to change.
+    spreads the lips, < 1 purses them. filmed: the person is filmed talking elsewhere in the video,
+    and a drawn mouth takes the shape and light of those filmed ones. Returns a new image, or `img`
+    itself when nothing needs to change.
     """
     size = img.shape[0]
     xl, xr = float(pts[F.MOUTH_RIGHT_INNER, 0]), float(pts[F.MOUTH_LEFT_INNER, 0])
