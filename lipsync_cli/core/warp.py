@@ -242,8 +242,8 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
     src_y_upper *= fade_nose
     src_y_upper *= d_up * lip_up
     src_y_upper += ys_up
-    # the corners' drop, fading out above them (a smooth field: inverted by INVERSE_STEPS fixed-point
-    # steps in all; the pixels of this stop's figures)
+    # the corners' drop, fading out above them: a gentler field than the jaw's (a fraction of its drop),
+    # inverted by INVERSE_STEPS evaluations in all
     corner_fade = np.float32(1 / max(CORNER_FADE_SHARE * (y_top_c - nose_y), MIN_FADE_PX))
 
     def corner_shift(y: np.ndarray) -> np.ndarray:

@@ -74,10 +74,11 @@ class StreamResampler:
 
     def __init__(self, *, from_rate_hz: int, to_rate_hz: int = SAMPLE_RATE_HZ):
         self.from_rate_hz, self.to_rate_hz = from_rate_hz, to_rate_hz
-        self.resampler = None
+        self.resampler = self.av = None
         if from_rate_hz != to_rate_hz:
             import av
 
+            self.av = av  # imported once, here: push runs every 10 ms of a live stream
             self.resampler = av.AudioResampler(format="flt", layout="mono", rate=to_rate_hz)
         self.n_in = 0  # input samples received
         self.n_out = 0  # output samples produced
@@ -92,9 +93,7 @@ class StreamResampler:
             return samples.astype(np.float32, copy=False)
         if len(samples) == 0:
             return np.zeros(0, dtype=np.float32)
-        import av
-
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None, :],
+        frame = self.av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None, :],
                                            format="flt", layout="mono")
         frame.sample_rate = self.from_rate_hz
         out = self._run(frame)
