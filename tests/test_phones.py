@@ -3,6 +3,8 @@ and mouth targets that shut on P/B/M and open on open vowels."""
 
 from __future__ import annotations
 
+import threading
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 from conftest import SPEECH_16K, shared
 from lipsync_cli.core.driver import MouthDriver, drive
 from lipsync_cli.core.motion import PHONETIC_MOTION
-from lipsync_cli.core.phones import PHONE_TARGETS, SILENCE, PhoneLabeller, phone_target, recognise_hops
+from lipsync_cli.core.phones import (PHONE_TARGETS, SILENCE, PhoneLabeller, decode_hops, phone_target,
+                                     recognise_hops)
 from lipsync_cli.errors import AudioError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
 
@@ -87,3 +90,31 @@ def test_the_render_driver_brings_the_lips_to_each_closure_and_pause_at_lip_spee
     assert len(into_shut) >= 5
     assert all(opens[i - 1] <= step + 1e-9 for i in into_shut), [round(opens[i - 1], 3) for i in into_shut]
     assert np.abs(np.diff(opens)).max() <= step + 1e-9
+
+
+def test_recognising_phones_leaves_this_process_free(speech):
+    """pocketsphinx holds the GIL through a whole decode (a second per 20 s of speech): in this
+    process every other thread would stop, a `serve`'s live streams among them. The decode runs in a
+    process of its own, gives the same labels as here, and a thread here keeps its pace meanwhile."""
+    clip = np.tile(speech, 3)  # 24 s: a decode of about a second
+    ticks: list[float] = []
+    done = threading.Event()
+
+    def tick():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.002)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    t0 = time.perf_counter()
+    try:
+        labels = recognise_hops(clip)
+    finally:
+        done.set()
+        ticker.join()
+    took_s = time.perf_counter() - t0
+    during = np.array([t for t in ticks if t >= t0])
+    longest_stop_s = float(np.diff(np.concatenate([[t0], during, [t0 + took_s]])).max())
+    assert longest_stop_s < 0.25 * took_s, (longest_stop_s, took_s)
+    assert labels == decode_hops(clip)  # here, the thread above would have stopped for the whole decode

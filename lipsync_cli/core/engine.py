@@ -18,6 +18,7 @@ audio from `first_sample_of_frame(i)` on (the one clock, `timing.py`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -85,13 +86,14 @@ class _FrameMaker:
 
 
 def frames_for(model: Model, generator: MouthGenerator, params: Iterable[MouthParams], mono: np.ndarray, *,
-               first_frame: int = 0) -> Iterator[MouthFrame]:
+               first_frame: int = 0, stream: GeneratorStream | None = None) -> Iterator[MouthFrame]:
     """The MouthFrame of each of `params` (frames 0, 1, ... of a clip), in order.
 
-    mono: the whole clip, (n,) float32 at SAMPLE_RATE_HZ, for each frame's audio window. Callers
-    that already hold the driver's output (the original system's API caches it) start here.
+    mono: the whole clip, (n,) float32 at SAMPLE_RATE_HZ, for each frame's audio window. stream:
+    one the generator already opened on `model`. Callers that already hold the driver's output (the
+    original system's API caches it) start here.
     """
-    maker = _FrameMaker(model, generator.open_stream(model), first_frame)
+    maker = _FrameMaker(model, stream or generator.open_stream(model), first_frame)
     for i, frame_params in enumerate(params):
         centre = frame_centre_sample(i, fps=model.fps, sample_rate_hz=SAMPLE_RATE_HZ)
         yield maker.make(i, frame_params, audio_window(mono, 0, centre))
@@ -107,8 +109,11 @@ def render_clip(model: Model, samples: np.ndarray, *, generator: MouthGenerator,
     """
     samples = np.asarray(samples, dtype=np.float32)
     check_samples(samples, what="the audio")
-    params = drive(samples, fps=model.fps, phonetic=phonetic)
-    return frames_for(model, generator, params, samples, first_frame=first_frame)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsync-open") as pool:
+        # the generator's per-model work runs while the phones are recognised (in a process of their own)
+        stream = pool.submit(generator.open_stream, model)
+        params = drive(samples, fps=model.fps, phonetic=phonetic)
+        return frames_for(model, generator, params, samples, first_frame=first_frame, stream=stream.result())
 
 
 class LiveEngine:

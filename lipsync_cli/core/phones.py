@@ -11,11 +11,20 @@ which is close enough for lips.
   segments of at most MAX_SEGMENT_S (a clip of up to 5 minutes is one segment), each cut at the
   quietest moment between MIN_SEGMENT_S and MAX_SEGMENT_S from its start. The cut depends only on the audio, so any chunking gives the same
   labels as the whole clip at once, and memory stays bounded on speech of any length.
+- `recognise_hops(samples)`: the labels of one segment. pocketsphinx holds the GIL for the whole of
+  a decode (a second per 20 s of speech), which would freeze every other thread of the process: the
+  live streams of a `serve` that also renders, a render's own compositing. So each clip is decoded
+  in a Python process of its own, started ahead of need (`start_recogniser`).
 - `phone_target(label)`: the mouth a phone asks for, as the acoustic tracker's `HopTarget`, so the
   same frame smoother (coarticulation, lips with mass, closures, rest) turns it into frames.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +36,7 @@ MIN_SEGMENT_S = 120.0  # ... and at least, unless the audio ends first. Long seg
 # recogniser normalises the cepstrum over its whole input, and 15-30 s pieces of a 65 s clip were
 # labelled differently from the whole clip (viseme AUC against whole-clip labels 0.86 against 0.98)
 CUT_WINDOW_MS = 200  # a segment is cut in the middle of the quietest window this long
+HOP_SAMPLES = PHONE_SAMPLE_RATE_HZ * HOP_MS // 1000
 SILENCE = "SIL"
 
 # a person's mouth in running speech, (open, wide, round), and the ARPAbet phones that take it: jaw
@@ -61,10 +71,33 @@ def phone_target(label: str) -> HopTarget:
 
 
 def recognise_hops(samples: np.ndarray) -> list[str]:
-    """One ARPAbet label (or SIL) per 10 ms hop of (n,) float32 mono 16 kHz speech; n // 160 labels."""
+    """One ARPAbet label (or SIL) per 10 ms hop of (n,) float32 mono 16 kHz speech; n // 160 labels.
+
+    Decoded in a process of its own (the one `start_recogniser` started, or a new one); where no
+    process can be started or it fails, in this one.
+    """
+    samples = np.ascontiguousarray(samples, dtype="<f4")
+    try:
+        proc = _RECOGNISER.take()
+        out, _ = proc.communicate(samples.tobytes())
+    except OSError:
+        return decode_hops(samples)
+    labels = out.decode("ascii", "replace").split()
+    n_hops = len(samples) // HOP_SAMPLES
+    return labels if proc.returncode == 0 and len(labels) == n_hops else decode_hops(samples)
+
+
+def start_recogniser() -> None:
+    """Start the process that will decode the next clip now (a Python start, about 0.3 s of its own
+    CPU), so that it is ready when the phones are wanted."""
+    _RECOGNISER.start_spare()
+
+
+def decode_hops(samples: np.ndarray) -> list[str]:
+    """`recognise_hops` in this process (holding the GIL throughout)."""
     from pocketsphinx import Decoder, get_model_path
 
-    n_hops = len(samples) // (PHONE_SAMPLE_RATE_HZ * HOP_MS // 1000)
+    n_hops = len(samples) // HOP_SAMPLES
     labels = [SILENCE] * n_hops
     if n_hops == 0:
         return labels
@@ -78,6 +111,48 @@ def recognise_hops(samples: np.ndarray) -> list[str]:
         first, last = max(segment.start_frame, 0), min(segment.end_frame + 1, n_hops)
         labels[first:last] = [segment.word] * max(0, last - first)
     return labels
+
+
+def _decode_stdin() -> None:
+    """A recogniser process: float32 samples on stdin until it closes -> one label a line on stdout."""
+    import pocketsphinx  # noqa: F401  (imported while the process waits for its clip)
+
+    samples = np.frombuffer(sys.stdin.buffer.read(), dtype="<f4")
+    sys.stdout.write("\n".join(decode_hops(samples)) + "\n")
+
+
+class _Recogniser:
+    """Recogniser processes, one per clip, the next one kept started. A process started by a plain
+    `python -c` (not multiprocessing) never imports the caller's main module, and ends when its
+    stdin closes: with the clip, or when this process ends."""
+
+    PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the same code as this process runs
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spare: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        code = (f"import sys; sys.path.insert(0, {self.PACKAGE_ROOT!r}); "
+                "from lipsync_cli.core.phones import _decode_stdin; _decode_stdin()")
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+
+    def take(self) -> subprocess.Popen:
+        with self.lock:
+            proc, self.spare = self.spare, None
+        return proc if proc is not None and proc.poll() is None else self._start()
+
+    def start_spare(self) -> None:
+        with self.lock:
+            if self.spare is None or self.spare.poll() is not None:
+                try:
+                    self.spare = self._start()
+                except OSError:
+                    self.spare = None
+
+
+_RECOGNISER = _Recogniser()
 
 
 class PhoneLabeller:

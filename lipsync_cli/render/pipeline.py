@@ -23,6 +23,7 @@ import numpy as np
 from lipsync_cli.core.compositor import composite, composite_i420
 from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.generators import make_generator
+from lipsync_cli.core.phones import start_recogniser
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 from lipsync_cli.defaults import OPENCV_THREADS
 from lipsync_cli.errors import AudioError, ServiceError
@@ -127,6 +128,8 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
     progress = report(progress)
     output = Path(output)
     check_output_path(output)
+    if not options.server:
+        start_recogniser()  # the phones' own process starts while the audio and the model load
     cv2.setNumThreads(OPENCV_THREADS)
     clip = load_audio(audio_path)
     model, name = store.open(options.model)

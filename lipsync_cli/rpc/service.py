@@ -47,6 +47,7 @@ from lipsync_cli.core import engine
 from lipsync_cli.core.engine import MouthFrame
 from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.core.generators import make_generator
+from lipsync_cli.core.phones import start_recogniser
 from lipsync_cli.core.timing import first_sample_of_frame
 from lipsync_cli.errors import AudioError, LipsyncError, ModelNotFoundError, ServiceError, ServiceFullError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, check_samples, pcm_to_float, resample, to_mono
@@ -202,6 +203,7 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
         self.store, self.generator = store, generator
         self.capacity = capacity if capacity is not None else Capacity()
         self.stream_idle_s = stream_idle_s
+        start_recogniser()  # the first render's phones find their process started
 
     def RenderClip(self, request: lipsync_pb2.ClipRequest, context: grpc.ServicerContext
                    ) -> Iterator[lipsync_pb2.MouthFrame]:
@@ -219,6 +221,7 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                     f"{1000 * len(mono) / SAMPLE_RATE_HZ:.1f} ms of audio is shorter than one video frame "
                     f"({1000 / float(model.fps):.1f} ms at {float(model.fps):g} fps)")
             frames = engine.render_clip(model, mono, generator=self.generator, first_frame=request.first_frame)
+            start_recogniser()  # and the next render's
             for i, reply in enumerate(_served(frames, "RenderClip")):
                 self._check_going(context)
                 if not context.is_active():
