@@ -242,6 +242,7 @@ class MouthDriver:
         self.sample_rate_hz = sample_rate_hz
         self.labeller = PhoneLabeller() if phonetic else None
         self.labels: HopSeries[str] = HopSeries(first=0)  # phonetic: the label of each hop labelled so far
+        self.faint: HopSeries[bool] = HopSeries(first=0)  # phonetic: each hop's phone is heard as silence
         self.hops_in = 0  # analysed
         self.analyser = HopAnalyser(sample_rate_hz)
         self.gate = SpeechGate()
@@ -313,7 +314,9 @@ class MouthDriver:
             target = self.tracker.step(hop, loud=loud)
             if label is not None:  # a faint phone (a breath, a word's fading tail) opens less, down to rest
                 phone = phone_target(label)
-                target = phone._replace(open=phone.open * self.tracker.voiced_share(hop))
+                share = self.tracker.voiced_share(hop)
+                target = phone._replace(open=phone.open * share)
+                self.faint.append(share == 0.0)
             self.smoother.add(target)
             self.hops_in += 1
         out = []
@@ -332,6 +335,7 @@ class MouthDriver:
         next_speech = self.gate.speech_on(hops.next_centre, seen_through=settled)
         shut_in = self._shut_in(hops, settled) if self.ahead_ms > AHEAD_MS else None
         self.gate.forget_before(hops.centre)  # later frames ask about later hops only
+        self.faint.forget_before(min(hops.centre, self.faint.end))
         return self.smoother.frame(hops, speech=speech, next_speech=next_speech, shut_in=shut_in)
 
     def _shut_in(self, hops: FrameHops, settled: int) -> int | None:
@@ -341,6 +345,8 @@ class MouthDriver:
             if centre > settled or centre + 1 > hops.last:
                 return None
             if not self.gate.speech_on(centre, seen_through=centre) or self.smoother.closure_at(centre):
+                return ahead
+            if centre < self.faint.end and self.faint[centre]:  # a phone heard as silence: the lips are shut by then
                 return ahead
         return None
 
