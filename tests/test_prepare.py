@@ -301,3 +301,11 @@ def test_open_loads_the_named_or_default_model_and_serves_it_by_name(tmp_path, c
         shutil.copy(SAMPLE_VIDEO, empty / clip)
     with pytest.raises(ModelNotFoundError, match="several models"):
         ModelStore(cache_dir=cache_dir, models_dir=empty).open(None)
+
+
+def test_a_still_image_named_in_the_working_folder_is_a_one_frame_model(tmp_path):
+    # `--model photo.png` (no folder in it): a file that exists, though not a video suffix
+    cv2.imwrite(str(tmp_path / "photo.png"), next(iter_frames(SAMPLE_VIDEO)))
+    proc = run_cli("prepare", "photo.png", "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "photo: 1 frames" in proc.stdout and "face found in 100%" in proc.stdout, proc.stdout

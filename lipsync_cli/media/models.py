@@ -59,9 +59,14 @@ def find_named_model(name: str, *, models_dir: Path | None = None) -> Path:
 
 
 def resolve_model(spec: str, *, models_dir: Path | None = None) -> Path:
-    """A model name or a path to a video (for the command line) -> the video file."""
+    """A model name or a path to a video (for the command line) -> the video file.
+
+    An existing file named with any suffix is taken as it is: FFmpeg reads more than
+    VIDEO_SUFFIXES (`clip.3gp`, `clip.MTS`, a still `photo.png`, which is a one-frame model).
+    """
     path = Path(spec).expanduser()
-    looks_like_path = path.suffix.lower() in VIDEO_SUFFIXES or "/" in spec or "\\" in spec
+    looks_like_path = (path.suffix.lower() in VIDEO_SUFFIXES or "/" in spec or "\\" in spec
+                       or (path.suffix != "" and path.is_file()))
     if looks_like_path:
         if path.is_file():
             return path.resolve()
