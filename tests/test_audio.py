@@ -60,6 +60,20 @@ def test_a_text_file_is_refused(tmp_path):
         load_audio(text)
 
 
+def test_a_video_or_picture_without_sound_is_named_as_such(tmp_path):
+    import cv2
+
+    from helpers import make_video
+
+    frame = np.full((64, 64, 3), 128, np.uint8)
+    video = make_video(tmp_path / "take.mp4", [frame] * 5)  # a user's silent clip given as the speech
+    picture = tmp_path / "face.png"
+    cv2.imwrite(str(picture), frame)
+    for path in (video, picture):
+        with pytest.raises(AudioError, match="no sound track"):
+            load_audio(path)
+
+
 def _stream(resampler: StreamResampler, samples: np.ndarray, chunk: int) -> np.ndarray:
     parts = [resampler.push(samples[i:i + chunk]) for i in range(0, len(samples), chunk)]
     return np.concatenate([*parts, resampler.flush()])
