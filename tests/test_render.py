@@ -254,3 +254,17 @@ def test_usage_mistakes_get_clicks_message_and_no_traceback(args, needle, tmp_pa
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == [], "a usage mistake writes nothing"
+
+
+def test_an_output_that_is_the_model_video_or_the_speech_is_refused_and_both_stay(tmp_path, cache_dir):
+    model = tmp_path / "mine.mp4"
+    shutil.copy(SAMPLE_VIDEO, model)
+    talk = tmp_path / "talk.mp4"  # speech as the sound track of a clip
+    with Mp4Writer(talk, fps=25, width=64, height=64, audio_rate_hz=16000) as writer:
+        writer.write_frame(np.zeros((64, 64, 3), np.uint8))
+        writer.write_audio(load_audio(SAMPLE_SPEECH).samples[:16000])
+    before = {p: p.read_bytes() for p in (model, talk)}
+    for speech, out in ((SAMPLE_SPEECH, model), (talk, talk)):
+        proc = run_cli("render", speech, "-o", out, "--model", model, "--cache-dir", cache_dir, cwd=tmp_path)
+        assert_clean_error(proc, "OutputError", "is an input of this render")
+    assert {p: p.read_bytes() for p in (model, talk)} == before

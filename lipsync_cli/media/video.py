@@ -109,8 +109,9 @@ def _audio_layout(channels: int) -> str:
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
 
 
-def check_output_path(path: Path) -> None:
-    """Refuse, with one line, an output path an MP4 cannot be written to (before any work is done)."""
+def check_output_path(path: Path, *, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse, with one line, an output path an MP4 cannot be written to (before any work is done),
+    or one that is one of the `inputs` (the speech, the model video): it would be replaced."""
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file name ending in .mp4")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -118,6 +119,9 @@ def check_output_path(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{path}: the folder {parent} does not exist")
+    for source in inputs:
+        if path.exists() and Path(source).exists() and path.samefile(source):
+            raise OutputError(f"{path}: is an input of this render and would be replaced; name another output")
 
 
 class Mp4Writer:
