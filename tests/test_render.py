@@ -268,3 +268,16 @@ def test_an_output_that_is_the_model_video_or_the_speech_is_refused_and_both_sta
         proc = run_cli("render", speech, "-o", out, "--model", model, "--cache-dir", cache_dir, cwd=tmp_path)
         assert_clean_error(proc, "OutputError", "is an input of this render")
     assert {p: p.read_bytes() for p in (model, talk)} == before
+
+
+def test_frames_where_the_model_shows_no_face_get_no_mouth(tmp_path, store):
+    # 30 of the sample's frames at half size, frames 10-19 black (the person gone, a hand over the camera)
+    frames = [cv2.resize(f, (288, 384), interpolation=cv2.INTER_AREA) if not 10 <= i < 20 else
+              np.zeros((384, 288, 3), np.uint8) for i, f in enumerate(iter_frames(SAMPLE_VIDEO)) if i < 30]
+    video = make_video(tmp_path / "gone.mp4", frames)
+    speech = write_wav(tmp_path / "speech.wav", load_audio(SAMPLE_SPEECH).samples[: 16000 * 6 // 5], 16000)
+    out = tmp_path / "out.mp4"
+    summary = render(speech, out, options=RenderOptions(model=str(video)), store=store)
+    assert summary.frames == 30 and summary.speech_frames > 15
+    shown = list(iter_frames(out))
+    assert all(shown[i].max() < 30 for i in range(11, 19)), "a mouth was drawn where there is no face"
