@@ -45,8 +45,8 @@ def find_named_model(name: str, *, models_dir: Path | None = None) -> Path:
     the places searched.
     """
     dirs = search_dirs(models_dir)
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in VIDEO_SUFFIXES else name
     if is_valid_name(name):
-        stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in VIDEO_SUFFIXES else name
         for d in dirs:
             for suffix in VIDEO_SUFFIXES:
                 candidate = d / f"{stem}{suffix}"
@@ -54,7 +54,7 @@ def find_named_model(name: str, *, models_dir: Path | None = None) -> Path:
                     return candidate
     if name == model_name(SAMPLE_MODEL) and SAMPLE_MODEL.is_file():
         return SAMPLE_MODEL
-    places = ", ".join(str(d / f"{name}.mp4") for d in dirs)
+    places = ", ".join(str(d / f"{stem}.mp4") for d in dirs)
     raise ModelNotFoundError(f"model {name!r} not found; searched {places}")
 
 
@@ -74,7 +74,12 @@ def resolve_model(spec: str, *, models_dir: Path | None = None) -> Path:
             raise ModelNotFoundError(f"{spec}: is not a video file")
         if "/" in spec or "\\" in spec:
             raise ModelNotFoundError(f"{spec}: no such file")
-    return find_named_model(spec, models_dir=models_dir)
+    try:
+        return find_named_model(spec, models_dir=models_dir)
+    except ModelNotFoundError as exc:
+        if looks_like_path:  # `--model clip.mp4` meant a file here first
+            raise ModelNotFoundError(f"{spec}: no such file, and {exc}") from None
+        raise
 
 
 def _lookup_order(video: Path) -> tuple[int, bool, str]:
