@@ -281,3 +281,11 @@ def test_frames_where_the_model_shows_no_face_get_no_mouth(tmp_path, store):
     assert summary.frames == 30 and summary.speech_frames > 15
     shown = list(iter_frames(out))
     assert all(shown[i].max() < 30 for i in range(11, 19)), "a mouth was drawn where there is no face"
+
+
+def test_the_mp4_says_its_colours_are_bt601_video_range(tmp_path):
+    # untagged, players take an HD picture for BT.709 and show BT.601 colours shifted
+    with Mp4Writer(tmp_path / "hd.mp4", fps=25, width=1280, height=720) as writer:
+        writer.write_frame(np.full((720, 1280, 3), (120, 150, 200), np.uint8))
+    video = next(s for s in ffprobe(tmp_path / "hd.mp4")["streams"] if s["codec_type"] == "video")
+    assert (video.get("color_space"), video.get("color_range")) == ("smpte170m", "tv"), video

@@ -28,6 +28,11 @@ AAC_FRAME_SAMPLES = 1024  # the AAC encoder takes audio frames of exactly this m
 AAC_CODER = "fast"
 DEFAULT_PRESET = "veryfast"
 DEFAULT_CRF = 20
+# what the frames written are (BT.601 matrix, video range: swscale's conversion from BGR and
+# media/yuv.py), tagged in the file: untagged, players take an HD picture for BT.709 and shift its
+# colours (a skin tone's red by about 5 levels)
+BT601_COLORSPACE = 6  # FFmpeg's AVCOL_SPC_SMPTE170M
+VIDEO_COLOR_RANGE = 1  # FFmpeg's AVCOL_RANGE_MPEG
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ class Mp4Writer:
             self._container = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
             vs = self._container.add_stream("libx264", rate=self.fps)
             vs.width, vs.height, vs.pix_fmt = self.width, self.height, "yuv420p"
+            vs.codec_context.colorspace, vs.codec_context.color_range = BT601_COLORSPACE, VIDEO_COLOR_RANGE
             vs.options = {"preset": preset, "crf": str(crf)}
             vs.thread_type = "AUTO"
             self._video = vs
