@@ -289,3 +289,14 @@ def test_the_mp4_says_its_colours_are_bt601_video_range(tmp_path):
         writer.write_frame(np.full((720, 1280, 3), (120, 150, 200), np.uint8))
     video = next(s for s in ffprobe(tmp_path / "hd.mp4")["streams"] if s["codec_type"] == "video")
     assert (video.get("color_space"), video.get("color_range")) == ("smpte170m", "tv"), video
+
+
+def test_the_sound_track_ends_with_the_sound_not_on_a_whole_aac_frame(tmp_path):
+    with Mp4Writer(tmp_path / "one.mp4", fps=25, width=64, height=64, audio_rate_hz=16000) as writer:
+        for _ in range(25):
+            writer.write_frame(np.zeros((64, 64, 3), np.uint8))
+        writer.write_audio(load_audio(SAMPLE_SPEECH).samples[:16000])  # 1 s: 15.6 AAC frames of 1024 samples
+    info = ffprobe(tmp_path / "one.mp4")
+    audio = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    assert abs(float(audio["duration"]) - 1.0) < 0.001 and abs(float(info["format"]["duration"]) - 1.0) < 0.001
+    assert len(load_audio(tmp_path / "one.mp4").samples) == 16000

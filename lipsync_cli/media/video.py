@@ -211,9 +211,7 @@ class Mp4Writer:
         import av
 
         n_full = len(self._pending) // AAC_FRAME_SAMPLES * AAC_FRAME_SAMPLES
-        if final and len(self._pending) > n_full:
-            pad = AAC_FRAME_SAMPLES - (len(self._pending) - n_full)
-            self._pending = np.concatenate([self._pending, np.zeros((pad, self.audio_channels), np.float32)])
+        if final:  # the encoder takes a shorter last frame, so the track ends with the sound, not 1024 samples on
             n_full = len(self._pending)
         for start in range(0, n_full, AAC_FRAME_SAMPLES):
             block = self._pending[start:start + AAC_FRAME_SAMPLES]
@@ -222,7 +220,7 @@ class Mp4Writer:
             frame.sample_rate = self.audio_rate_hz
             frame.pts = self._audio_pts
             frame.time_base = Fraction(1, self.audio_rate_hz)
-            self._audio_pts += AAC_FRAME_SAMPLES
+            self._audio_pts += len(block)
             self._mux(self._audio.encode(frame))
         self._pending = self._pending[n_full:]
 
