@@ -338,16 +338,25 @@ _USAGE_ERRORS = tuple({cls for cls in typer.BadParameter.__mro__ if cls.__name__
                       | {click.exceptions.ClickException})
 
 
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def _interrupted() -> None:
+    console.print("[yellow]Interrupted[/]: nothing was written")
+    sys.exit(INTERRUPTED_EXIT_CODE)
+
+
 def main() -> None:
     """Entry point: run the app, turning our errors into one clear line and exit code 1."""
     try:
-        app(standalone_mode=False)
+        # without standalone mode typer does not exit: it returns the exit code of a typer.Exit, and
+        # turns Ctrl-C into one (130), which would otherwise end the process with 0
+        code = app(standalone_mode=False)
     except LipsyncError as exc:
         console.print(f"[red]{type(exc).__name__}[/]: {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted[/]: nothing was written")
-        sys.exit(130)
+    except KeyboardInterrupt:  # a Ctrl-C before typer's own handler is in place
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -356,3 +365,7 @@ def main() -> None:
     except _USAGE_ERRORS as exc:  # an unknown option, a value out of range: click's usage message, no traceback
         exc.show()
         sys.exit(exc.exit_code)
+    if code == INTERRUPTED_EXIT_CODE:
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -53,11 +53,38 @@ def test_flac_and_m4a_are_read(tmp_path):
     assert abs(_peak_hz(clip.samples[2000:14000]) - 1000.0) < 5
 
 
+def test_an_m4a_ends_where_its_sound_ends_not_at_the_aac_padding(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    wav = write_wav(tmp_path / "tone.wav", _tone(16000), 16000)
+    m4a = tmp_path / "tone.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    clip = load_audio(m4a)  # 1 s is 15.6 AAC frames: the 16th is padded to 1024 samples
+    assert clip.original.shape == (16000, 1) and len(clip.samples) == 16000
+
+
 def test_a_text_file_is_refused(tmp_path):
     text = tmp_path / "speech.wav"
     text.write_text("hello\n" * 100)
     with pytest.raises(AudioError, match="not a readable audio file"):
         load_audio(text)
+
+
+def test_a_video_or_picture_without_sound_is_named_as_such(tmp_path):
+    import cv2
+
+    from helpers import make_video
+
+    frame = np.full((64, 64, 3), 128, np.uint8)
+    video = make_video(tmp_path / "take.mp4", [frame] * 5)  # a user's silent clip given as the speech
+    picture = tmp_path / "face.png"
+    cv2.imwrite(str(picture), frame)
+    for path in (video, picture):
+        with pytest.raises(AudioError, match="no sound track"):
+            load_audio(path)
 
 
 def _stream(resampler: StreamResampler, samples: np.ndarray, chunk: int) -> np.ndarray:

@@ -104,3 +104,18 @@ def test_missing_file(tmp_path):
 
 def test_file_without_video_stream():
     assert_clean_error(run_cli("check", SAMPLE_SPEECH), "VideoError", "no video stream")
+
+
+def test_a_clip_too_short_to_measure_says_so_in_frames_and_seconds(tmp_path):
+    from lipsync_cli.media.audio import load_audio
+    from lipsync_cli.media.video import iter_frames
+
+    face = next(iter_frames(SAMPLE_VIDEO))
+    short = make_video(tmp_path / "short.mp4", [face] * 15)  # 0.6 s: the face is in every one of its frames
+    assert_clean_error(run_cli("check", short, SAMPLE_SPEECH), "VideoError", "15 frames are too few to measure",
+                       "at least 25 (1.0 s)")
+    # at 60 fps the 25 frames the check needs are 0.4 s, not "0 s"
+    fast = make_video(tmp_path / "fast.mp4", [face] * 60, fps=60)
+    clip = load_audio(SAMPLE_SPEECH)
+    word = write_wav(tmp_path / "word.wav", clip.samples[8000:13600], 16000)  # 0.35 s of speech
+    assert_clean_error(run_cli("check", fast, word), "AudioError", "frames hold speech", "at least 25 (0.4 s)")

@@ -8,6 +8,7 @@ The service is killed for real: two `create_server` processes, SIGKILL to the on
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import av
 import pytest
 
 from conftest import REPO, SAMPLE_SPEECH, SAMPLE_VIDEO
-from helpers import assert_clean_error
+from helpers import assert_clean_error, wait_until
 from lipsync_cli.core.timing import frame_count
 from lipsync_cli.errors import ServiceError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, load_audio
@@ -208,3 +209,29 @@ def test_an_atomic_write_is_whole_or_absent_and_gets_a_plain_mode(tmp_path):
     assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
     # not mkstemp's 0600: a rendered MP4 is for sharing
     assert target.stat().st_mode & 0o777 == FILE_MODE and FILE_MODE & 0o044
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` holds `path` open (Linux: its /proc/PID/fd links)."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(Path(os.readlink(fd)) == path for fd in fds.iterdir())
+    except OSError:  # a descriptor closed while listing
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc to see the video opened")
+def test_ctrl_c_during_prepare_exits_130_with_one_line_and_no_cache(tmp_path):
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync_cli", "prepare", SAMPLE_VIDEO, "--cache-dir", cache],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        # Ctrl-C once prepare has opened the video: its work is then seconds from done
+        assert wait_until(lambda: _has_open(proc.pid, SAMPLE_VIDEO) or proc.poll() is not None, timeout_s=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (proc.returncode, out, err)  # a script must not carry on as if it worked
+    assert "Traceback" not in err and err.strip() == "Interrupted: nothing was written", err
+    assert not cache.exists() or list(cache.iterdir()) == [], "an interrupted prepare left a cache file"

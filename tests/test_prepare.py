@@ -301,3 +301,22 @@ def test_open_loads_the_named_or_default_model_and_serves_it_by_name(tmp_path, c
         shutil.copy(SAMPLE_VIDEO, empty / clip)
     with pytest.raises(ModelNotFoundError, match="several models"):
         ModelStore(cache_dir=cache_dir, models_dir=empty).open(None)
+
+
+def test_a_still_image_named_in_the_working_folder_is_a_one_frame_model(tmp_path):
+    # `--model photo.png` (no folder in it): a file that exists, though not a video suffix
+    cv2.imwrite(str(tmp_path / "photo.png"), next(iter_frames(SAMPLE_VIDEO)))
+    proc = run_cli("prepare", "photo.png", "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "photo: 1 frames" in proc.stdout and "face found in 100%" in proc.stdout, proc.stdout
+
+
+def test_a_missing_video_named_without_a_folder_says_no_such_file(tmp_path, monkeypatch):
+    from lipsync_cli.errors import ModelNotFoundError
+    from lipsync_cli.media.models import resolve_model
+
+    monkeypatch.chdir(tmp_path)  # `--model clip.mp4`, a typo for a file in the working folder
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve_model("clip.mp4")
+    assert str(err.value).startswith("clip.mp4: no such file"), err.value
+    assert "clip.mp4.mp4" not in str(err.value) and str(tmp_path / "model_videos" / "clip.mp4") in str(err.value)

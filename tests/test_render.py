@@ -254,3 +254,49 @@ def test_usage_mistakes_get_clicks_message_and_no_traceback(args, needle, tmp_pa
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == [], "a usage mistake writes nothing"
+
+
+def test_an_output_that_is_the_model_video_or_the_speech_is_refused_and_both_stay(tmp_path, cache_dir):
+    model = tmp_path / "mine.mp4"
+    shutil.copy(SAMPLE_VIDEO, model)
+    talk = tmp_path / "talk.mp4"  # speech as the sound track of a clip
+    with Mp4Writer(talk, fps=25, width=64, height=64, audio_rate_hz=16000) as writer:
+        writer.write_frame(np.zeros((64, 64, 3), np.uint8))
+        writer.write_audio(load_audio(SAMPLE_SPEECH).samples[:16000])
+    before = {p: p.read_bytes() for p in (model, talk)}
+    for speech, out in ((SAMPLE_SPEECH, model), (talk, talk)):
+        proc = run_cli("render", speech, "-o", out, "--model", model, "--cache-dir", cache_dir, cwd=tmp_path)
+        assert_clean_error(proc, "OutputError", "is an input of this render")
+    assert {p: p.read_bytes() for p in (model, talk)} == before
+
+
+def test_frames_where_the_model_shows_no_face_get_no_mouth(tmp_path, store):
+    # 30 of the sample's frames at half size, frames 10-19 black (the person gone, a hand over the camera)
+    frames = [cv2.resize(f, (288, 384), interpolation=cv2.INTER_AREA) if not 10 <= i < 20 else
+              np.zeros((384, 288, 3), np.uint8) for i, f in enumerate(iter_frames(SAMPLE_VIDEO)) if i < 30]
+    video = make_video(tmp_path / "gone.mp4", frames)
+    speech = write_wav(tmp_path / "speech.wav", load_audio(SAMPLE_SPEECH).samples[: 16000 * 6 // 5], 16000)
+    out = tmp_path / "out.mp4"
+    summary = render(speech, out, options=RenderOptions(model=str(video)), store=store)
+    assert summary.frames == 30 and summary.speech_frames > 15
+    shown = list(iter_frames(out))
+    assert all(shown[i].max() < 30 for i in range(11, 19)), "a mouth was drawn where there is no face"
+
+
+def test_the_mp4_says_its_colours_are_bt601_video_range(tmp_path):
+    # untagged, players take an HD picture for BT.709 and show BT.601 colours shifted
+    with Mp4Writer(tmp_path / "hd.mp4", fps=25, width=1280, height=720) as writer:
+        writer.write_frame(np.full((720, 1280, 3), (120, 150, 200), np.uint8))
+    video = next(s for s in ffprobe(tmp_path / "hd.mp4")["streams"] if s["codec_type"] == "video")
+    assert (video.get("color_space"), video.get("color_range")) == ("smpte170m", "tv"), video
+
+
+def test_the_sound_track_ends_with_the_sound_not_on_a_whole_aac_frame(tmp_path):
+    with Mp4Writer(tmp_path / "one.mp4", fps=25, width=64, height=64, audio_rate_hz=16000) as writer:
+        for _ in range(25):
+            writer.write_frame(np.zeros((64, 64, 3), np.uint8))
+        writer.write_audio(load_audio(SAMPLE_SPEECH).samples[:16000])  # 1 s: 15.6 AAC frames of 1024 samples
+    info = ffprobe(tmp_path / "one.mp4")
+    audio = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    assert abs(float(audio["duration"]) - 1.0) < 0.001 and abs(float(info["format"]["duration"]) - 1.0) < 0.001
+    assert len(load_audio(tmp_path / "one.mp4").samples) == 16000

@@ -241,6 +241,9 @@ def measure_sync(video: Path, audio: Path | None = None, *, options: SyncOptions
     track = track_mouth(video, max_seconds=options.max_seconds, progress=progress)
     n = len(track.opening)
     n_found = int(track.found.sum())
+    if n < MIN_FACE_FRAMES:
+        raise VideoError(f"{video}: {n} frame{'s are' if n != 1 else ' is'} too few to measure; the check needs "
+                         f"at least {MIN_FACE_FRAMES} ({MIN_FACE_FRAMES / float(info.fps):.1f} s) of a talking face")
     if n_found < MIN_FACE_FRAMES:
         seen = f"the face was found in only {n_found} of {n} frames" if n_found else f"no face in any of {n} frames"
         raise VideoError(f"{video}: {seen}; the check needs a visible, frontal talking face")
@@ -253,7 +256,7 @@ def measure_sync(video: Path, audio: Path | None = None, *, options: SyncOptions
     speech = heard & (levels > floor + SPEECH_OVER_FLOOR_DB)
     if speech.sum() < MIN_SPEECH_FRAMES:
         raise AudioError(f"{where}: only {int(speech.sum())} frames hold speech; the check needs at least "
-                         f"{MIN_SPEECH_FRAMES} ({MIN_SPEECH_FRAMES / float(info.fps):.0f} s)")
+                         f"{MIN_SPEECH_FRAMES} ({MIN_SPEECH_FRAMES / float(info.fps):.1f} s)")
     corr = lag_correlations(track.opening, levels, speech, max_lag_frames=options.max_lag_frames)
     if not np.isfinite(corr).any():
         raise VideoError(f"{video}: the mouth and the sound overlap too little to be compared")

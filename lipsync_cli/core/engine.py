@@ -26,7 +26,7 @@ import numpy as np
 
 
 from lipsync_cli.core.driver import MouthDriver, MouthParams, drive
-from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES, GeneratorStream, MouthGenerator
+from lipsync_cli.core.generator import AUDIO_WINDOW_SAMPLES, GeneratorStream, MouthGenerator, MouthImage
 from lipsync_cli.core.timing import frame_centre_sample, ping_pong
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, check_samples
 from lipsync_cli.media.store import Model
@@ -80,7 +80,10 @@ class _FrameMaker:
 
     def make(self, index: int, params: MouthParams, audio: np.ndarray, captured_at_s: float = 0.0) -> MouthFrame:
         model_frame = ping_pong(self.first_frame + index, self.model.n_frames)
-        mouth = self.stream.render(model_frame=model_frame, params=params, audio=audio)
+        if self.model.face_found[model_frame]:
+            mouth = self.stream.render(model_frame=model_frame, params=params, audio=audio)
+        else:  # the tracker saw no face there (turned away, covered, out of the picture): no mouth to draw
+            mouth = MouthImage(self.model.region(model_frame), self.model.mouth_bounds[model_frame])
         return MouthFrame(index=index, model_frame=model_frame, image=mouth.image,
                           bounds=np.asarray(mouth.bounds, np.float64), params=params, captured_at_s=captured_at_s)
 

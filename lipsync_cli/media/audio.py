@@ -171,12 +171,16 @@ def _wav_truncation(path: Path) -> tuple[int, int] | None:
 
 
 def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int] | None:
-    """The first audio stream of any file FFmpeg (PyAV) reads, as ((n, channels) float32, rate); None if none."""
+    """The first audio stream of any file FFmpeg (PyAV) reads, as ((n, channels) float32, rate); None if
+    FFmpeg cannot read it. AudioError for a picture or video without a sound track."""
     import av
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
+                if container.streams.video:
+                    raise AudioError(f"{path}: the file is a picture or video with no sound track; give the "
+                                     "speech as WAV, FLAC, OGG, MP3 or M4A")
                 return None
             stream = container.streams.audio[0]
             if stream.codec_context is None:  # FFmpeg found no codec settings: nothing to decode
@@ -185,11 +189,14 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int] | None:
             blocks = [f.to_ndarray().reshape(-1, min(stream.channels, 2))
                       for frame in container.decode(stream) for f in resampler.resample(frame)]
             rate = stream.rate
+            # AAC pads its last frame with silence (up to 1024 samples); the container says where the sound ends
+            declared = int(round(stream.duration * stream.time_base * rate)) if stream.duration and rate else 0
     except (av.FFmpegError, OSError, ValueError):
         return None
     if not blocks or not rate:
         return None
-    return np.concatenate(blocks).astype(np.float32), int(rate)
+    data = np.concatenate(blocks).astype(np.float32)
+    return (data[:declared] if 0 < declared < len(data) else data), int(rate)
 
 
 def load_audio(path: str | Path) -> AudioClip:

@@ -45,8 +45,8 @@ def find_named_model(name: str, *, models_dir: Path | None = None) -> Path:
     the places searched.
     """
     dirs = search_dirs(models_dir)
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in VIDEO_SUFFIXES else name
     if is_valid_name(name):
-        stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in VIDEO_SUFFIXES else name
         for d in dirs:
             for suffix in VIDEO_SUFFIXES:
                 candidate = d / f"{stem}{suffix}"
@@ -54,14 +54,19 @@ def find_named_model(name: str, *, models_dir: Path | None = None) -> Path:
                     return candidate
     if name == model_name(SAMPLE_MODEL) and SAMPLE_MODEL.is_file():
         return SAMPLE_MODEL
-    places = ", ".join(str(d / f"{name}.mp4") for d in dirs)
+    places = ", ".join(str(d / f"{stem}.mp4") for d in dirs)
     raise ModelNotFoundError(f"model {name!r} not found; searched {places}")
 
 
 def resolve_model(spec: str, *, models_dir: Path | None = None) -> Path:
-    """A model name or a path to a video (for the command line) -> the video file."""
+    """A model name or a path to a video (for the command line) -> the video file.
+
+    An existing file named with any suffix is taken as it is: FFmpeg reads more than
+    VIDEO_SUFFIXES (`clip.3gp`, `clip.MTS`, a still `photo.png`, which is a one-frame model).
+    """
     path = Path(spec).expanduser()
-    looks_like_path = path.suffix.lower() in VIDEO_SUFFIXES or "/" in spec or "\\" in spec
+    looks_like_path = (path.suffix.lower() in VIDEO_SUFFIXES or "/" in spec or "\\" in spec
+                       or (path.suffix != "" and path.is_file()))
     if looks_like_path:
         if path.is_file():
             return path.resolve()
@@ -69,7 +74,12 @@ def resolve_model(spec: str, *, models_dir: Path | None = None) -> Path:
             raise ModelNotFoundError(f"{spec}: is not a video file")
         if "/" in spec or "\\" in spec:
             raise ModelNotFoundError(f"{spec}: no such file")
-    return find_named_model(spec, models_dir=models_dir)
+    try:
+        return find_named_model(spec, models_dir=models_dir)
+    except ModelNotFoundError as exc:
+        if looks_like_path:  # `--model clip.mp4` meant a file here first
+            raise ModelNotFoundError(f"{spec}: no such file, and {exc}") from None
+        raise
 
 
 def _lookup_order(video: Path) -> tuple[int, bool, str]:

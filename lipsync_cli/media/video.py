@@ -28,6 +28,11 @@ AAC_FRAME_SAMPLES = 1024  # the AAC encoder takes audio frames of exactly this m
 AAC_CODER = "fast"
 DEFAULT_PRESET = "veryfast"
 DEFAULT_CRF = 20
+# what the frames written are (BT.601 matrix, video range: swscale's conversion from BGR and
+# media/yuv.py), tagged in the file: untagged, players take an HD picture for BT.709 and shift its
+# colours (a skin tone's red by about 5 levels)
+BT601_COLORSPACE = 6  # FFmpeg's AVCOL_SPC_SMPTE170M
+VIDEO_COLOR_RANGE = 1  # FFmpeg's AVCOL_RANGE_MPEG
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,9 @@ def _audio_layout(channels: int) -> str:
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
 
 
-def check_output_path(path: Path) -> None:
-    """Refuse, with one line, an output path an MP4 cannot be written to (before any work is done)."""
+def check_output_path(path: Path, *, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse, with one line, an output path an MP4 cannot be written to (before any work is done),
+    or one that is one of the `inputs` (the speech, the model video): it would be replaced."""
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file name ending in .mp4")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -118,6 +124,9 @@ def check_output_path(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{path}: the folder {parent} does not exist")
+    for source in inputs:
+        if path.exists() and Path(source).exists() and path.samefile(source):
+            raise OutputError(f"{path}: is an input of this render and would be replaced; name another output")
 
 
 class Mp4Writer:
@@ -143,6 +152,7 @@ class Mp4Writer:
             self._container = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
             vs = self._container.add_stream("libx264", rate=self.fps)
             vs.width, vs.height, vs.pix_fmt = self.width, self.height, "yuv420p"
+            vs.codec_context.colorspace, vs.codec_context.color_range = BT601_COLORSPACE, VIDEO_COLOR_RANGE
             vs.options = {"preset": preset, "crf": str(crf)}
             vs.thread_type = "AUTO"
             self._video = vs
@@ -201,9 +211,7 @@ class Mp4Writer:
         import av
 
         n_full = len(self._pending) // AAC_FRAME_SAMPLES * AAC_FRAME_SAMPLES
-        if final and len(self._pending) > n_full:
-            pad = AAC_FRAME_SAMPLES - (len(self._pending) - n_full)
-            self._pending = np.concatenate([self._pending, np.zeros((pad, self.audio_channels), np.float32)])
+        if final:  # the encoder takes a shorter last frame, so the track ends with the sound, not 1024 samples on
             n_full = len(self._pending)
         for start in range(0, n_full, AAC_FRAME_SAMPLES):
             block = self._pending[start:start + AAC_FRAME_SAMPLES]
@@ -212,7 +220,7 @@ class Mp4Writer:
             frame.sample_rate = self.audio_rate_hz
             frame.pts = self._audio_pts
             frame.time_base = Fraction(1, self.audio_rate_hz)
-            self._audio_pts += AAC_FRAME_SAMPLES
+            self._audio_pts += len(block)
             self._mux(self._audio.encode(frame))
         self._pending = self._pending[n_full:]
 

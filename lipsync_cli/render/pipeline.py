@@ -127,7 +127,7 @@ def render(audio_path: Path, output: Path, *, options: RenderOptions, store: Mod
     """Render `audio_path` spoken by the model into the MP4 `output` (atomically)."""
     progress = report(progress)
     output = Path(output)
-    check_output_path(output)
+    check_output_path(output, inputs=(Path(audio_path), store.video_for(options.model)))
     if not options.server:
         start_recogniser()  # the phones' own process starts while the audio and the model load
     cv2.setNumThreads(OPENCV_THREADS)
