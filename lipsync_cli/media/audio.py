@@ -189,8 +189,10 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int] | None:
             blocks = [f.to_ndarray().reshape(-1, min(stream.channels, 2))
                       for frame in container.decode(stream) for f in resampler.resample(frame)]
             rate = stream.rate
-            # AAC pads its last frame with silence (up to 1024 samples); the container says where the sound ends
-            declared = int(round(stream.duration * stream.time_base * rate)) if stream.duration and rate else 0
+            # AAC pads its last frame with silence (up to 1024 samples); an MP4/M4A says where the sound ends
+            # (other containers only estimate their length: an MP3 without a header, from its first bit rate)
+            exact = "mp4" in container.format.name.split(",")
+            declared = int(round(stream.duration * stream.time_base * rate)) if exact and stream.duration and rate else 0
     except (av.FFmpegError, OSError, ValueError):
         return None
     if not blocks or not rate:
