@@ -307,12 +307,13 @@ def check(
     import json
     from dataclasses import asdict
 
-    from lipsync_cli.analysis.avsync import SyncOptions, measure_sync
+    from lipsync_cli.analysis.avsync import WEAK_CORRELATION, SyncOptions, measure_sync
 
     with progress_bar() as progress:
         report = measure_sync(video, audio, options=SyncOptions(max_seconds=max_seconds), progress=progress)
     if as_json:
         fields = {**asdict(report), "in_sync": report.in_sync, "reliable": report.reliable,
+                  "ambiguous": report.ambiguous,
                   "correlations": [c if c == c else None for c in report.correlations]}  # NaN is not JSON
         print(json.dumps(fields, separators=(",", ":")))
         return
@@ -323,9 +324,12 @@ def check(
     out.print(f"{video}: the mouth is {when} ({report.frames} frames at {report.fps:g} fps, "
               f"{report.speech_frames} with speech, face found in {100 * report.face_found:.0f}%, "
               f"peak correlation {report.peak_correlation:.2f}, margin {report.margin:.2f})", highlight=False)
-    if not report.reliable:
+    if report.peak_correlation < WEAK_CORRELATION:
         console.print("[yellow]weak match[/]: the mouth barely follows this sound; is it the right sound, "
                       "and is the face talking?", highlight=False)
+    elif report.ambiguous:
+        console.print("[yellow]uncertain[/]: another offset matches nearly as well (too little speech to "
+                      "tell them apart); measure a longer clip before acting on it", highlight=False)
     if not report.in_sync:
         fix = "delay" if report.offset_ms > 0 else "advance"
         console.print(f"[yellow]out of sync[/]: by more than one frame; {fix} the sound by "

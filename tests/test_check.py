@@ -15,7 +15,7 @@ from helpers import assert_clean_error, make_video, run_cli
 CLIP_S = 8  # the first 8 s of the speaker: enough speech for a clear peak, quick to track
 DELAY_MS = 200  # 5 frames at 25 fps
 JSON_KEYS = {"offset_frames", "offset_ms", "fps", "frames", "speech_frames", "face_found", "peak_correlation",
-             "margin", "correlations", "in_sync", "reliable"}
+             "margin", "correlations", "in_sync", "reliable", "ambiguous"}
 
 
 def check_json(*args) -> dict:
@@ -75,6 +75,16 @@ def test_human_output_names_the_offset_and_warns(delayed_speaker):
     assert proc.returncode == 0, proc.stderr  # a measured offset is a result, not a failure
     assert "before its sound" in proc.stdout and "ms" in proc.stdout, proc.stdout
     assert "out of sync" in proc.stderr and "advance the sound" in proc.stderr, proc.stderr
+
+
+def test_too_little_speech_to_tell_the_offset_from_its_echo_is_uncertain():
+    """The speaker's first 2 s (33 speech frames): two offsets match within 0.02, well inside the
+    noise of so few frames, and the check says so; from 3 s on the peak stands clear."""
+    assert check_json(shared(SPEAKER_VIDEO), "--max-seconds", 2)["ambiguous"]
+    assert not check_json(shared(SPEAKER_VIDEO), "--max-seconds", 3)["ambiguous"]
+    proc = run_cli("check", shared(SPEAKER_VIDEO), "--max-seconds", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "uncertain" in proc.stderr and "longer clip" in proc.stderr, proc.stderr
 
 
 def test_no_face(tmp_path):

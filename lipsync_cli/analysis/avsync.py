@@ -88,6 +88,14 @@ class SyncReport:
         """The mouth clearly follows the sound at the offset (else the sound may not be this face's)."""
         return self.peak_correlation >= WEAK_CORRELATION
 
+    @property
+    def ambiguous(self) -> bool:
+        """Another offset more than a frame away matches within one standard error of a correlation
+        over this many speech frames (1 / sqrt(n)): speech's syllable rhythm repeats, and on a short
+        clip its echo can win by chance (the talking speaker's first 10 s measure -8 frames, margin 0.06,
+        over 130 speech frames; his first 12 s and more measure +1)."""
+        return bool(self.margin < 1 / np.sqrt(max(self.speech_frames, 1)))
+
 
 @dataclass(frozen=True)
 class MouthTrack:
