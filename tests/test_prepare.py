@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import shutil
+import subprocess
 import zipfile
 
 import cv2
@@ -15,7 +16,8 @@ from helpers import assert_clean_error, make_video, run_cli
 from lipsync_cli.media import cache as cache_module
 from lipsync_cli.media.cache import FORMAT_VERSION, REQUIRED_KEYS, cache_path, prepare_model, write_cache
 from lipsync_cli.media.face import FaceTracker, mouth_open_ratio
-from lipsync_cli.media.video import iter_frames
+from lipsync_cli.media.video import iter_frames, probe_video
+from lipsync_cli.web.browser_video import needs_browser_copy
 
 
 def _haar_faces(video, step: int, scale: float = 0.5):
@@ -320,3 +322,24 @@ def test_a_missing_video_named_without_a_folder_says_no_such_file(tmp_path, monk
         resolve_model("clip.mp4")
     assert str(err.value).startswith("clip.mp4: no such file"), err.value
     assert "clip.mp4.mp4" not in str(err.value) and str(tmp_path / "model_videos" / "clip.mp4") in str(err.value)
+
+
+def test_a_variable_frame_rate_video_is_read_at_its_steady_rate(tmp_path, store):
+    """A phone slows from 25 to 12 fps in poor light: the model is read at 25 fps, the sparse stretch
+    repeating its frames, so a render's mouth still moves 25 times a second (it was read at the
+    average rate, 16 fps here, with the background sped up where frames were sparse)."""
+    vfr = tmp_path / "vfr.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(SAMPLE_VIDEO), "-t", "3", "-an", "-vf",
+                    "setpts='if(lt(N,25),N/25/TB,(1+(N-25)/12)/TB)'", "-fps_mode", "vfr", "-c:v", "libx264",
+                    "-preset", "veryfast", str(vfr)], check=True)
+    info = probe_video(vfr)
+    assert info.variable_rate and info.fps == 25, info
+    frames = list(iter_frames(vfr))
+    same = [np.array_equal(a, b) for a, b in zip(frames, frames[1:])]
+    steady, sparse = same[:24], same[26:]
+    assert not any(steady)  # the first second: every frame its own
+    assert 0.4 <= np.mean(sparse) <= 0.6, np.mean(sparse)  # then 12 fps in 25 slots: about every other repeats
+    assert abs(len(frames) - 75) <= 2, len(frames)  # 3 s (25 + 24 frames) at 25 fps
+    assert store.get(vfr).fps == 25 and store.get(vfr).n_frames == len(frames)
+    assert needs_browser_copy(vfr) and not needs_browser_copy(SAMPLE_VIDEO)  # the page gets the steady frames
+    assert not probe_video(SAMPLE_VIDEO).variable_rate

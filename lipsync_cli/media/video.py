@@ -42,6 +42,15 @@ class VideoInfo:
     height: int
     n_frames: int  # as the container declares it; 0 when unknown
     duration_s: float
+    variable_rate: bool = False  # its frames come unevenly (a phone in poor light): read at `fps`, made even
+
+
+# a variable frame rate: the longest of the usual gaps between frames (90th percentile) this many
+# times the shortest (10th); a steady video's timestamps jitter by a few percent at most
+VARIABLE_RATE_SPREAD = 1.4
+VARIABLE_RATE_SCAN_PACKETS = 3000  # packets whose timestamps are read to tell (2 minutes at 25 fps)
+COMMON_RATES = tuple(Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "48", "50",
+                                           "60000/1001", "60"))
 
 
 def _open(path: Path):
@@ -89,22 +98,85 @@ def probe_video(path: str | Path) -> VideoInfo:
             raise VideoError(f"{path}: the video stream cannot be decoded ({exc})") from exc
         if first is not None:
             height, width = _upright(first).shape[:2]
+        steady_fps = _variable_rate_fps(container, stream)  # from the packets after the first frame's
+        if steady_fps is not None:
+            return VideoInfo(fps=steady_fps, width=width, height=height, duration_s=duration_s,
+                             n_frames=int(round(duration_s * steady_fps)), variable_rate=True)
         return VideoInfo(fps=fps, width=width, height=height, n_frames=int(stream.frames or 0), duration_s=duration_s)
 
 
+def _variable_rate_fps(container, stream) -> Fraction | None:
+    """For a video whose frames come unevenly, the steady rate to read it at (that of its closely
+    spaced frames, so no frame is lost: the sparse stretches repeat theirs); None for a steady one."""
+    import av
+
+    times = []
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.size:
+                times.append(float(packet.pts * stream.time_base))
+            if len(times) >= VARIABLE_RATE_SCAN_PACKETS:
+                break
+    except av.FFmpegError:
+        return None
+    gaps = np.diff(np.sort(np.array(times)))
+    gaps = gaps[gaps > 0]
+    if len(gaps) < 4:
+        return None
+    short, long_ = np.percentile(gaps, [10, 90])
+    if long_ <= VARIABLE_RATE_SPREAD * short:
+        return None
+    rate = 1 / float(np.median(gaps[gaps <= 1.2 * short]))
+    nearest = min(COMMON_RATES, key=lambda r: abs(float(r) - rate))
+    return nearest if abs(float(nearest) - rate) <= 0.03 * rate else Fraction(round(rate))
+
+
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode every frame of the first video stream as (H, W, 3) uint8 BGR, upright as players show it."""
+    """Decode every frame of the first video stream as (H, W, 3) uint8 BGR, upright as players show it.
+
+    A video of variable frame rate comes at the steady rate `probe_video` gives it: each slot of
+    that rate shows the frame nearest its time (the sparse stretches repeat frames).
+    """
     import av
 
     path = Path(path)
+    info = probe_video(path)
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
-            for frame in container.decode(stream):
-                yield _upright(frame)
+            frames = container.decode(stream)
+            if info.variable_rate:
+                yield from _at_steady_rate(frames, info.fps)
+            else:
+                for frame in frames:
+                    yield _upright(frame)
         except av.FFmpegError as exc:
             raise VideoError(f"{path}: the video stream is damaged ({exc})") from exc
+
+
+def _at_steady_rate(frames, fps: Fraction) -> Iterator[np.ndarray]:
+    """Decoded frames with their times -> upright frames at `fps`, the nearest frame in each slot."""
+    step_s, start_s, slot = 1 / float(fps), None, 0
+    held: tuple[np.ndarray, float] | None = None
+    for frame in frames:
+        if frame.time is None:  # no timestamp: nothing to place it by
+            continue
+        if held is None:
+            start_s = frame.time
+        else:
+            img, t = held
+            repeat = False
+            while start_s + slot * step_s < (t + frame.time) / 2:  # this slot is nearer the held frame
+                yield img.copy() if repeat else img
+                repeat, slot = True, slot + 1
+        held = (_upright(frame), frame.time)
+    if held is not None:
+        img, t = held
+        repeat = False
+        while start_s + slot * step_s <= t + step_s / 2:
+            yield img.copy() if repeat else img
+            repeat, slot = True, slot + 1
 
 
 def _audio_layout(channels: int) -> str:

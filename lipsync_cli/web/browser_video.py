@@ -45,8 +45,9 @@ def video_codec(video: Path) -> str:
 
 
 def needs_browser_copy(video: Path) -> bool:
-    """True when a browser cannot be expected to decode `video` as it is."""
-    return video_codec(video) not in BROWSER_CODECS
+    """True when a browser cannot be expected to decode `video` as it is, or would decode other frames
+    than the server's (a variable frame rate, which the server reads at a steady one)."""
+    return video_codec(video) not in BROWSER_CODECS or probe_video(video).variable_rate
 
 
 def browser_copy_path(video: Path, cache_dir: Path | None) -> Path:
