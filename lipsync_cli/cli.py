@@ -84,7 +84,8 @@ def prepare(
             continue
         if result.status == "rebuilt":
             console.print(f"[yellow]{name}[/]: rebuilt the cache because {result.reason}")
-        out.print(f"[green]{name}[/]: {result.n_frames} frames at {result.fps:g} fps, face found in "
+        frames = "1 frame (a still)" if result.n_frames == 1 else f"{result.n_frames} frames at {result.fps:g} fps"
+        out.print(f"[green]{name}[/]: {frames}, face found in "
                   f"{result.face_found_pct:.0f}% of frames, cache {_mb(result.cache_bytes)}, "
                   f"{result.seconds:.1f} s -> {result.cache}")
 
