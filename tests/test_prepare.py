@@ -310,7 +310,7 @@ def test_a_still_image_named_in_the_working_folder_is_a_one_frame_model(tmp_path
     cv2.imwrite(str(tmp_path / "photo.png"), next(iter_frames(SAMPLE_VIDEO)))
     proc = run_cli("prepare", "photo.png", "--cache-dir", tmp_path / "cache", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "photo: 1 frames" in proc.stdout and "face found in 100%" in proc.stdout, proc.stdout
+    assert "photo: 1 frame (a still)" in proc.stdout and "face found in 100%" in proc.stdout, proc.stdout
 
 
 def test_a_missing_video_named_without_a_folder_says_no_such_file(tmp_path, monkeypatch):

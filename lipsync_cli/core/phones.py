@@ -163,7 +163,7 @@ class PhoneLabeller:
     """
 
     def __init__(self, *, max_segment_s: float = MAX_SEGMENT_S, min_segment_s: float = MIN_SEGMENT_S) -> None:
-        self.hop = PHONE_SAMPLE_RATE_HZ * HOP_MS // 1000
+        self.hop = HOP_SAMPLES
         self.max_samples = int(max_segment_s * PHONE_SAMPLE_RATE_HZ) // self.hop * self.hop
         self.min_samples = int(min_segment_s * PHONE_SAMPLE_RATE_HZ) // self.hop * self.hop
         self.cut_hops = CUT_WINDOW_MS // HOP_MS
