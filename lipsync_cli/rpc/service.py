@@ -199,11 +199,15 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
     """The `lipsync.v1.LipSync` service over a model store and one mouth generator."""
 
     def __init__(self, store: ModelStore, generator: MouthGenerator, *, capacity: Capacity | None = None,
-                 stream_idle_s: float = DEFAULT_STREAM_IDLE_S):
+                 stream_idle_s: float = DEFAULT_STREAM_IDLE_S, warm_recogniser: bool = True):
         self.store, self.generator = store, generator
         self.capacity = capacity if capacity is not None else Capacity()
         self.stream_idle_s = stream_idle_s
-        start_recogniser()  # the first render's phones find their process started
+        # each render's phones find their process started (`core.phones`): the first one's now, the next
+        # one's as a render begins; an embedded service, there for one render, leaves that to its caller
+        self.warm_recogniser = warm_recogniser
+        if warm_recogniser:
+            start_recogniser()
 
     def RenderClip(self, request: lipsync_pb2.ClipRequest, context: grpc.ServicerContext
                    ) -> Iterator[lipsync_pb2.MouthFrame]:
@@ -221,7 +225,8 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServicer):
                     f"{1000 * len(mono) / SAMPLE_RATE_HZ:.1f} ms of audio is shorter than one video frame "
                     f"({1000 / float(model.fps):.1f} ms at {float(model.fps):g} fps)")
             frames = engine.render_clip(model, mono, generator=self.generator, first_frame=request.first_frame)
-            start_recogniser()  # and the next render's
+            if self.warm_recogniser:
+                start_recogniser()
             for i, reply in enumerate(_served(frames, "RenderClip")):
                 self._check_going(context)
                 if not context.is_active():
@@ -336,7 +341,8 @@ def _status_from_errors(context: grpc.ServicerContext, rpc: str) -> Iterator[Non
 
 def create_server(address: str = "127.0.0.1:0", *, store: ModelStore, generator: MouthGenerator | None = None,
                   capacity: Capacity | None = None, stream_idle_s: float = DEFAULT_STREAM_IDLE_S,
-                  extra_servicers: Iterable[AddServicer] = ()) -> tuple[grpc.Server, int]:
+                  extra_servicers: Iterable[AddServicer] = (), warm_recogniser: bool = True
+                  ) -> tuple[grpc.Server, int]:
     """A started gRPC server with the LipSync, health and reflection services; returns it and its port.
 
     address: "host:port"; port 0 picks a free one. generator: the mouth generator (default: the
@@ -346,7 +352,8 @@ def create_server(address: str = "127.0.0.1:0", *, store: ModelStore, generator:
     sends nothing for this long is closed. The pool has capacity.limit + SPARE_WORKERS threads, so
     health, reflection and ListModels always find one. extra_servicers: callables `add(server)`
     that register more services (for example the original system's API); each may return the full
-    names of what it added, for health and reflection.
+    names of what it added, for health and reflection. warm_recogniser: keep a phone recogniser
+    process started for the next render (False: a service for one render, whose caller starts it).
     """
     generator = generator if generator is not None else make_generator()
     capacity = capacity if capacity is not None else Capacity()
@@ -357,7 +364,8 @@ def create_server(address: str = "127.0.0.1:0", *, store: ModelStore, generator:
                  # on by default on Linux: a second server on a busy port would bind silently and
                  # take a share of the calls; off, binding fails and says so
                  ("grpc.so_reuseport", 0)])
-    servicer = LipSyncServicer(store, generator, capacity=capacity, stream_idle_s=stream_idle_s)
+    servicer = LipSyncServicer(store, generator, capacity=capacity, stream_idle_s=stream_idle_s,
+                               warm_recogniser=warm_recogniser)
     lipsync_pb2_grpc.add_LipSyncServicer_to_server(servicer, server)
     names = [SERVICE_NAME]
     for add in extra_servicers:
