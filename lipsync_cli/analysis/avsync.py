@@ -124,7 +124,7 @@ def track_mouth(video: Path, *, max_seconds: float = DEFAULT_MAX_SECONDS,
     total = min(info.n_frames, max_frames) if info.n_frames else max_frames
     tracker = F.FaceTracker()
     opening = []
-    for i, frame in enumerate(iter_frames(video)):
+    for i, frame in enumerate(iter_frames(video, info)):
         if i >= max_frames:
             break
         found = tracker.track(frame)

@@ -222,7 +222,7 @@ def build_cache(video: Path, *, progress: ProgressFn | None = None) -> dict[str,
     tracker = F.FaceTracker()
     points, found, frame_blobs = [], [], []
     with ThreadPoolExecutor(max_workers=2) as pool:  # JPEG encoding overlaps tracking (cv2 drops the GIL)
-        for i, frame in enumerate(iter_frames(video)):
+        for i, frame in enumerate(iter_frames(video, info)):
             frame_blobs.append(pool.submit(_encode_jpeg, frame, FRAME_JPEG_QUALITY))
             res = tracker.track(frame)
             found.append(res is not None)
@@ -250,7 +250,7 @@ def build_cache(video: Path, *, progress: ProgressFn | None = None) -> dict[str,
     # the regions need the smoothed bounds, known only once every frame is tracked: decode the
     # video a second time rather than hold every full frame in memory meanwhile (GBs at 1080p)
     region_blobs = []
-    for i, frame in enumerate(iter_frames(video)):
+    for i, frame in enumerate(iter_frames(video, info)):
         if i >= n:
             break
         region_blobs.append(_encode_jpeg(crop_region(frame, mouth_bounds[i]), REGION_JPEG_QUALITY))

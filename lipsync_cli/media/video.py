@@ -131,16 +131,17 @@ def _variable_rate_fps(container, stream) -> Fraction | None:
     return nearest if abs(float(nearest) - rate) <= 0.03 * rate else Fraction(round(rate))
 
 
-def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+def iter_frames(path: str | Path, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
     """Decode every frame of the first video stream as (H, W, 3) uint8 BGR, upright as players show it.
 
     A video of variable frame rate comes at the steady rate `probe_video` gives it: each slot of
-    that rate shows the frame nearest its time (the sparse stretches repeat frames).
+    that rate shows the frame nearest its time (the sparse stretches repeat frames). info: the
+    video's `probe_video`, when the caller has it already.
     """
     import av
 
     path = Path(path)
-    info = probe_video(path)
+    info = info or probe_video(path)
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -156,27 +157,21 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
 
 
 def _at_steady_rate(frames, fps: Fraction) -> Iterator[np.ndarray]:
-    """Decoded frames with their times -> upright frames at `fps`, the nearest frame in each slot."""
-    step_s, start_s, slot = 1 / float(fps), None, 0
-    held: tuple[np.ndarray, float] | None = None
-    for frame in frames:
-        if frame.time is None:  # no timestamp: nothing to place it by
-            continue
-        if held is None:
-            start_s = frame.time
-        else:
-            img, t = held
-            repeat = False
-            while start_s + slot * step_s < (t + frame.time) / 2:  # this slot is nearer the held frame
-                yield img.copy() if repeat else img
-                repeat, slot = True, slot + 1
-        held = (_upright(frame), frame.time)
-    if held is not None:
-        img, t = held
-        repeat = False
-        while start_s + slot * step_s <= t + step_s / 2:
-            yield img.copy() if repeat else img
-            repeat, slot = True, slot + 1
+    """Decoded frames with their times -> upright frames at `fps`: each slot shows the frame nearest
+    its time (slots up to midway to the next frame; the last frame's up to half a slot past it)."""
+    step_s = 1 / float(fps)
+    timed = (frame for frame in frames if frame.time is not None)  # no timestamp: nothing to place it by
+    held = next(timed, None)
+    start_s, slot = (held.time if held is not None else 0.0), 0
+    while held is not None:
+        following = next(timed, None)
+        until_s = held.time + step_s / 2 if following is None else (held.time + following.time) / 2
+        img, shown = None, 0
+        while start_s + slot * step_s < until_s:
+            img = _upright(held) if img is None else img
+            yield img if shown == 0 else img.copy()
+            shown, slot = shown + 1, slot + 1
+        held = following
 
 
 def _audio_layout(channels: int) -> str:

@@ -73,6 +73,6 @@ def ensure_browser_copy(video: Path, cache_dir: Path | None) -> Path:
         info = probe_video(video)
         # Mp4Writer writes a temporary file and renames it when complete
         with Mp4Writer(path, fps=info.fps, width=info.width, height=info.height, crf=COPY_CRF) as writer:
-            for frame in iter_frames(video):
+            for frame in iter_frames(video, info):
                 writer.write_frame(frame)
     return path
