@@ -259,3 +259,31 @@ def test_the_lips_are_shut_once_a_fading_word_is_heard_as_silence(fps):
         faded = [p.open for i, p in enumerate(params) if i >= 6 * fps and level_db[i] < level_db.max() - 35]
         worst.append(max(faded))
     assert max(worst) <= 0.12, round(max(worst), 3)
+
+
+@pytest.mark.parametrize("fps", [25, 30])
+@pytest.mark.parametrize("gain_db", [-8, -16])
+def test_a_soft_talker_after_a_loud_one_rests_where_the_clip_is_silent(fps, gain_db):
+    """8 s of a loud recording, then another one 8 or 16 dB quieter (the long mixes join such). The
+    running speech level follows the soft talker down, so alone it heard the soft one's word ends and
+    pauses as speech; the frames 35 dB under the clip's loudest (the judge's silence) must rest:
+    their 90th percentile of `open` at most 0.05, the mean 0.02 (0.15-0.23 and 0.03-0.06 before
+    stop 28), while the soft speech itself still opens (90th percentile of `open` 0.35 or more on its
+    frames within 12 dB of its loudest)."""
+    pytest.importorskip("pocketsphinx", reason="pocketsphinx is needed to label phones (pip install pocketsphinx)")
+    loud = load_audio(shared(SPEECH_16K)).samples[:8 * SAMPLE_RATE_HZ]
+    soft = load_audio(shared(SPEECH_44K)).samples * np.float32(10 ** (gain_db / 20))
+    gap = np.zeros(SAMPLE_RATE_HZ // 2, np.float32)
+    clip = np.concatenate([loud, gap, soft])
+    rate = Fraction(fps)
+    opens = np.array([p.open for p in drive(clip, fps=rate, phonetic=True)])
+    bounds = [first_sample_of_frame(i, fps=rate, sample_rate_hz=SAMPLE_RATE_HZ) for i in range(len(opens) + 1)]
+    level_db = np.array([20 * np.log10(max(float(np.sqrt(np.mean(clip[a:b] ** 2))), 1e-4))
+                         for a, b in zip(bounds, bounds[1:])])
+    in_soft = np.arange(len(opens)) * SAMPLE_RATE_HZ / fps >= len(loud) + len(gap)
+    silent = in_soft & (level_db < level_db.max() - 35)
+    speaking = in_soft & (level_db >= level_db[in_soft].max() - 12)
+    assert silent.sum() > 50 and speaking.sum() > 50
+    assert np.percentile(opens[silent], 90) <= 0.05 and opens[silent].mean() <= 0.02, (
+        round(float(np.percentile(opens[silent], 90)), 3), round(float(opens[silent].mean()), 3))
+    assert np.percentile(opens[speaking], 90) >= 0.35, round(float(np.percentile(opens[speaking], 90)), 3)

@@ -32,7 +32,8 @@ the frames `drive` gives on the whole clip.
 A render uses the same chain with `phonetic=True`: stage 2's targets come from the phones heard
 (core/phones.py), the lips move as PHONETIC_MOTION (core/motion.py) and each frame reads
 PHONETIC_AHEAD_MS ahead, so the opening is kept within what lip speed can close before the next
-closure or pause.
+closure or pause. A phone heard far under the running speech level or under the clip's loudest
+(a breath, a word's fading tail) opens less, down to rest, and counts as a pause.
 
 Limits (live): the shapes G (F/V) and H (L) need the phone's identity and are never chosen; audio that
 starts mid-vowel with nothing quieter before it is taken as speech only from its first dip.
@@ -58,6 +59,7 @@ from lipsync_cli.core.hops import (
 )
 from lipsync_cli.core.motion import LIVE_MOTION, PHONETIC_MOTION, Follower, Motion
 from lipsync_cli.core.phones import PHONE_SAMPLE_RATE_HZ, SILENCE, PhoneLabeller, is_phone, phone_target
+from lipsync_cli.core.region import smoothstep
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 from lipsync_cli.errors import AudioError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, check_samples
@@ -76,6 +78,10 @@ BLEND_BACK_MS = 40  # the coarticulation blend reads hops this far before its ce
 DOMINANCE_DECAY_MS = 20  # a hop's pull on the blend falls e-fold over this distance from it
 DOMINANCE_OPEN = 2.0  # a hop at full opening pulls this much harder than a consonant (vowel nuclei dominate)
 DOMINANCE_CLOSURE = 6.0  # ... and a P/B/M closure this much harder: the lips must meet
+FAINT_BELOW_PEAK_DB = 36.0  # render: a hop this far under the clip's loudest is heard as silence, even in soft
+# speech whose own running level has followed it down (a quiet talker after a loud one)
+FAINT_PEAK_RAMP_DB = 6.0  # ... and opens in full from this much louder
+PEAK_PERCENTILE = 99.5  # the clip's loudest: this percentile of its hops' levels, so one click does not set it
 HOLD_MS = 70  # a shape letter is held at least this long (closures and silence excepted)
 
 
@@ -243,6 +249,7 @@ class MouthDriver:
         self.labeller = PhoneLabeller() if phonetic else None
         self.labels: HopSeries[str] = HopSeries(first=0)  # phonetic: the label of each hop labelled so far
         self.faint: HopSeries[bool] = HopSeries(first=0)  # phonetic: each hop's phone is heard as silence
+        self.peak_db: float | None = None  # phonetic: the loudest of the segments heard so far (whole-band dB)
         self.hops_in = 0  # analysed
         self.analyser = HopAnalyser(sample_rate_hz)
         self.gate = SpeechGate()
@@ -306,7 +313,12 @@ class MouthDriver:
     def _feed(self, samples: np.ndarray, total_frames: int) -> list[MouthParams]:
         """Run the chain: hops through the gate and the tracker, then every frame now decidable."""
         self.samples_fed += len(samples)
-        for hop in self.analyser.feed(samples):
+        measures = self.analyser.feed(samples)
+        if self.labeller is not None and len(measures):
+            # a segment's hops all come at once, before any of its frames is decided
+            loudest = float(np.percentile(measures.total_db, PEAK_PERCENTILE))
+            self.peak_db = loudest if self.peak_db is None else max(self.peak_db, loudest)
+        for hop in measures:
             label = self._label()
             # stages 1 and 2; phonetic: a hop the labeller heard as silence or noise is no speech,
             # and the target comes from the phone instead of the spectrum
@@ -314,7 +326,7 @@ class MouthDriver:
             target = self.tracker.step(hop, loud=loud)
             if label is not None:  # a faint phone (a breath, a word's fading tail) opens less, down to rest
                 phone = phone_target(label)
-                share = self.tracker.voiced_share(hop)
+                share = min(self.tracker.voiced_share(hop), _share_under_peak(hop.total_db, self.peak_db))
                 target = phone._replace(open=phone.open * share)
                 self.faint.append(share == 0.0)
             self.smoother.add(target)
@@ -349,6 +361,13 @@ class MouthDriver:
             if centre < self.faint.end and self.faint[centre]:  # a phone heard as silence: the lips are shut by then
                 return ahead
         return None
+
+
+def _share_under_peak(level_db: float, peak_db: float | None) -> float:
+    """0..1: how much a hop this loud is heard as voice against the loudest of the clip."""
+    if peak_db is None:
+        return 1.0
+    return float(smoothstep((level_db - peak_db + FAINT_BELOW_PEAK_DB) / FAINT_PEAK_RAMP_DB))
 
 
 def drive(samples: np.ndarray, *, fps: Fraction, sample_rate_hz: int = SAMPLE_RATE_HZ, phonetic: bool = False
