@@ -236,6 +236,13 @@ def test_push_is_cheap(recordings):
     assert per_frame_ms < 1.0  # measured ~0.18 ms; 12 live streams on 2 cores need well under 1 ms
 
 
+def _frame_levels_db(clip: np.ndarray, n_frames: int, *, fps: Fraction) -> np.ndarray:
+    """(n_frames,) RMS of each video frame's samples of a 16 kHz clip, in dB (floor 1e-4)."""
+    bounds = [first_sample_of_frame(i, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ) for i in range(n_frames + 1)]
+    return np.array([20 * np.log10(max(float(np.sqrt(np.mean(clip[a:b] ** 2))), 1e-4))
+                     for a, b in zip(bounds, bounds[1:])])
+
+
 @pytest.mark.parametrize("fps", [25, 30])
 def test_the_lips_are_shut_once_a_fading_word_is_heard_as_silence(fps):
     """Speech that fades out (a word's tail, a room's decay: 60 dB in 0.4 s), 6 s of a real recording
@@ -253,9 +260,7 @@ def test_the_lips_are_shut_once_a_fading_word_is_heard_as_silence(fps):
         clip = np.concatenate([speech[cut - 6 * SAMPLE_RATE_HZ:cut], speech[cut:cut + fade_n] * fade,
                                np.zeros(SAMPLE_RATE_HZ, np.float32)])
         params = drive(clip, fps=rate, phonetic=True)
-        bounds = [first_sample_of_frame(i, fps=rate, sample_rate_hz=SAMPLE_RATE_HZ) for i in range(len(params) + 1)]
-        level_db = np.array([20 * np.log10(max(float(np.sqrt(np.mean(clip[a:b] ** 2))), 1e-4))
-                             for a, b in zip(bounds, bounds[1:])])
+        level_db = _frame_levels_db(clip, len(params), fps=rate)
         faded = [p.open for i, p in enumerate(params) if i >= 6 * fps and level_db[i] < level_db.max() - 35]
         worst.append(max(faded))
     assert max(worst) <= 0.12, round(max(worst), 3)
@@ -277,9 +282,7 @@ def test_a_soft_talker_after_a_loud_one_rests_where_the_clip_is_silent(fps, gain
     clip = np.concatenate([loud, gap, soft])
     rate = Fraction(fps)
     opens = np.array([p.open for p in drive(clip, fps=rate, phonetic=True)])
-    bounds = [first_sample_of_frame(i, fps=rate, sample_rate_hz=SAMPLE_RATE_HZ) for i in range(len(opens) + 1)]
-    level_db = np.array([20 * np.log10(max(float(np.sqrt(np.mean(clip[a:b] ** 2))), 1e-4))
-                         for a, b in zip(bounds, bounds[1:])])
+    level_db = _frame_levels_db(clip, len(opens), fps=rate)
     in_soft = np.arange(len(opens)) * SAMPLE_RATE_HZ / fps >= len(loud) + len(gap)
     silent = in_soft & (level_db < level_db.max() - 35)
     speaking = in_soft & (level_db >= level_db[in_soft].max() - 12)
