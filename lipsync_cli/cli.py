@@ -308,7 +308,7 @@ def check(
     import json
     from dataclasses import asdict
 
-    from lipsync_cli.analysis.avsync import WEAK_CORRELATION, SyncOptions, measure_sync
+    from lipsync_cli.analysis.avsync import SyncOptions, measure_sync
 
     with progress_bar() as progress:
         report = measure_sync(video, audio, options=SyncOptions(max_seconds=max_seconds), progress=progress)
@@ -325,7 +325,7 @@ def check(
     out.print(f"{video}: the mouth is {when} ({report.frames} frames at {report.fps:g} fps, "
               f"{report.speech_frames} with speech, face found in {100 * report.face_found:.0f}%, "
               f"peak correlation {report.peak_correlation:.2f}, margin {report.margin:.2f})", highlight=False)
-    if report.peak_correlation < WEAK_CORRELATION:
+    if not report.reliable:
         console.print("[yellow]weak match[/]: the mouth barely follows this sound; is it the right sound, "
                       "and is the face talking?", highlight=False)
     elif report.ambiguous:

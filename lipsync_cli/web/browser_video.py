@@ -21,7 +21,7 @@ import av
 from lipsync_cli.errors import VideoError
 from lipsync_cli.media.cache import default_cache_dir
 from lipsync_cli.media.models import model_name
-from lipsync_cli.media.video import Mp4Writer, iter_frames, probe_video
+from lipsync_cli.media.video import Mp4Writer, VideoInfo, iter_frames, probe_video
 
 # the codecs Chromium's <video> decodes without proprietary extras (Debian's build: no HEVC)
 BROWSER_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})
@@ -44,10 +44,11 @@ def video_codec(video: Path) -> str:
         raise VideoError(f"{video}: not a readable video file ({exc})") from exc
 
 
-def needs_browser_copy(video: Path) -> bool:
+def needs_browser_copy(video: Path, info: VideoInfo | None = None) -> bool:
     """True when a browser cannot be expected to decode `video` as it is, or would decode other frames
-    than the server's (a variable frame rate, which the server reads at a steady one)."""
-    return video_codec(video) not in BROWSER_CODECS or probe_video(video).variable_rate
+    than the server's (a variable frame rate, which the server reads at a steady one). info: the
+    video's `probe_video`, when the caller has it already."""
+    return video_codec(video) not in BROWSER_CODECS or (info or probe_video(video)).variable_rate
 
 
 def browser_copy_path(video: Path, cache_dir: Path | None) -> Path:

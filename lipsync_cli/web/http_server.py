@@ -114,7 +114,7 @@ def _describe(name: str, video: Path, store: ModelStore) -> dict:
     entry: dict = {"name": name, "url": url, "size_bytes": video.stat().st_size}
     try:
         info = probe_video(video)
-        copy = needs_browser_copy(video)
+        copy = needs_browser_copy(video, info)
     except VideoError:
         # the path is in the exception's message; a remote caller gets no server paths
         entry.update(error="not a readable video file", duration_s=None, fps=None, width=None, height=None,
