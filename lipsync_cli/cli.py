@@ -118,6 +118,10 @@ def render(
     preset: str = typer.Option("veryfast", "--preset", help="x264 preset (ultrafast ... veryslow)."),
 ) -> None:
     """Render AUDIO spoken by the avatar into a finished MP4 (or many: --output-dir, --manifest)."""
+    if not server:
+        from lipsync_cli.core.phones import start_recogniser
+
+        start_recogniser()  # the phones' process starts while the rest of the render loads
     from lipsync_cli.render.pipeline import RenderOptions, render as run_render
 
     options = RenderOptions(model=model, server=server, preset=preset, crf=crf,
