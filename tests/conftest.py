@@ -45,6 +45,24 @@ def sample_model(store):
     return store.get(SAMPLE_VIDEO)
 
 
+@pytest.fixture(scope="session")
+def smiling_still_video(tmp_path_factory) -> Path:
+    """A still avatar whose lips are apart: the talking speaker's first frame (a smile showing his
+    teeth), animated for 2 s as bench/avatars.py animates the stills of ../shared/data."""
+    import sys
+
+    import cv2
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from avatars import neutral_avatar
+
+    work = tmp_path_factory.mktemp("smiler")
+    ok, frame = cv2.VideoCapture(str(shared(SPEAKER_VIDEO))).read()
+    assert ok
+    cv2.imwrite(str(work / "smile.png"), frame)
+    return neutral_avatar(work / "smile.png", work / "smiler.mp4", seconds=2)
+
+
 def espeak_wav(path: Path, text: str, *, rate_wpm: int = 160) -> Path:
     """Speech made with espeak-ng into `path` (skips the test when espeak-ng is not installed)."""
     if shutil.which("espeak-ng") is None:

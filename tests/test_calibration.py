@@ -22,3 +22,13 @@ def test_the_full_opening_puts_wide_vowels_where_the_face_reads_widest(sample_mo
     assert wider < 0.7 and wider >= profile.max_open
     peak_gap = profile.rest_open + C.TYPICAL_P95_SHARE * (wider - profile.rest_open)
     assert min(abs(peak_gap - g) for g in C.GRID_GAPS) < 1e-9  # lands on the grid gap that read widest
+
+
+def test_a_still_that_smiles_with_its_teeth_is_opened_as_a_neutral_face_is(store, smiling_still_video):
+    model = store.get(smiling_still_video)
+    profile = OwnMouthGenerator().profile(model)
+    assert np.percentile(model.mouth_open, 5) > 0.05  # the premise: lips apart in every frame
+    # its mouth never moves: not a talking video, whose own narrow range of openings would be reused
+    assert not profile.talking
+    assert profile.max_open >= C.MIN_SHARE_OF_DEFAULT * DEFAULT_MAX_OPEN
+    assert profile.max_open - profile.rest_open >= 0.15  # it was 0.08 (a talking video's least range)

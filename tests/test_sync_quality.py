@@ -24,9 +24,11 @@ from sync_eval import evaluate  # noqa: E402
 
 # measured 8 s figures (2026-12-02, stop 28): sample auc 1.000 jump 0.22 closed 0.944 range 0.137;
 # drawn 1.000 / 0.25 / 0.930 / 0.100; speaker 1.000 / 0.33 / 0.901 / 0.078 (the speaker is thin: one frame)
-@pytest.mark.parametrize("avatar", ["sample", "speaker", "drawn"])
-def test_lips_open_on_vowels_close_on_pbm_and_rest_in_silence(avatar, store, tmp_path):
-    video = {"sample": SAMPLE_VIDEO, "speaker": shared(SPEAKER_VIDEO), "drawn": shared(DRAWN_VIDEO)}[avatar]
+@pytest.mark.parametrize("avatar", ["sample", "speaker", "drawn", "smiler"])
+def test_lips_open_on_vowels_close_on_pbm_and_rest_in_silence(avatar, store, tmp_path, request):
+    video = {"sample": lambda: SAMPLE_VIDEO, "speaker": lambda: shared(SPEAKER_VIDEO),
+             "drawn": lambda: shared(DRAWN_VIDEO),
+             "smiler": lambda: request.getfixturevalue("smiling_still_video")}[avatar]()
     s = evaluate(video, shared(SPEECH_48K), store=store, work_dir=tmp_path)
     assert isinstance(s, judge.Scores)
     assert s.face_found == 1.0, s

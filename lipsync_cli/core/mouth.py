@@ -35,7 +35,9 @@ from lipsync_cli.media.cache import smooth_over_frames
 from lipsync_cli.media.store import Model
 
 TALKING_MIN_OPEN = 0.07  # a video whose mouth opens wider than this (gap/eye distance)...
-TALKING_PERCENTILE = 98  # ...in this percentile of its frames talks
+TALKING_MIN_RANGE = 0.05  # ...and this much wider than its rest...
+TALKING_PERCENTILE = 98  # ...in this percentile of its frames talks. A still whose lips are apart (a smile
+# showing teeth) does not: its own mouth never opens or closes, so it is opened as a neutral face is
 STILL_POINT_SMOOTH_FRAMES = 0.8  # the landmarks of a video that does not talk are smoothed over this many frames
 # (a Gaussian's sigma) against the tracker's jitter; a talking video's are used as tracked, frame by frame
 DEFAULT_MAX_OPEN = 0.40  # the widest full opening (gap / eye distance) for a person whose video never opens
@@ -122,7 +124,8 @@ class MouthProfile:
         pts = model.landmarks
         open_ = model.mouth_open.astype(np.float64)
         width = model.mouth_width.astype(np.float64)
-        talking = float(np.percentile(open_, TALKING_PERCENTILE)) > TALKING_MIN_OPEN
+        widest, narrowest = np.percentile(open_, [TALKING_PERCENTILE, REST_PERCENTILE])
+        talking = bool(widest > TALKING_MIN_OPEN and widest - narrowest > TALKING_MIN_RANGE)
         if not talking:
             # lips that do not move: what changes between frames is the tracker's jitter
             pts = smooth_over_frames(pts, STILL_POINT_SMOOTH_FRAMES)
