@@ -46,7 +46,7 @@ def sample_model(store):
 
 
 @pytest.fixture(scope="session")
-def smiling_still_video(tmp_path_factory) -> Path:
+def smiler_video(tmp_path_factory) -> Path:
     """A still avatar whose lips are apart: the talking speaker's first frame (a smile showing his
     teeth), animated for 2 s as bench/avatars.py animates the stills of ../shared/data."""
     import sys
@@ -61,6 +61,19 @@ def smiling_still_video(tmp_path_factory) -> Path:
     assert ok
     cv2.imwrite(str(work / "smile.png"), frame)
     return neutral_avatar(work / "smile.png", work / "smiler.mp4", seconds=2)
+
+
+@pytest.fixture(scope="session")
+def small_talker_video(tmp_path_factory) -> Path:
+    """A talking video with few and modest openings and a small face: the talking speaker's first 4 s,
+    shrunk to 40% in a 1080x1920 frame (a person further from the camera)."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    out = tmp_path_factory.mktemp("small_talker") / "small_talker.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-t", "4", "-i", str(shared(SPEAKER_VIDEO)),
+                    "-vf", "scale=432:768,pad=1080:1920:324:200:color=0x506070", "-an", "-c:v", "libx264",
+                    "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", str(out)], check=True)
+    return out
 
 
 def espeak_wav(path: Path, text: str, *, rate_wpm: int = 160) -> Path:

