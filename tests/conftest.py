@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +50,15 @@ def sample_model(store):
 def smiler_video(tmp_path_factory) -> Path:
     """A still avatar whose lips are apart: the talking speaker's first frame (a smile showing his
     teeth), animated for 2 s as bench/avatars.py animates the stills of ../shared/data."""
-    import sys
-
     import cv2
+
+    from lipsync_cli.media.video import iter_frames
 
     sys.path.insert(0, str(REPO / "bench"))
     from avatars import neutral_avatar
 
     work = tmp_path_factory.mktemp("smiler")
-    ok, frame = cv2.VideoCapture(str(shared(SPEAKER_VIDEO))).read()
-    assert ok
-    cv2.imwrite(str(work / "smile.png"), frame)
+    cv2.imwrite(str(work / "smile.png"), next(iter_frames(shared(SPEAKER_VIDEO))))
     return neutral_avatar(work / "smile.png", work / "smiler.mp4", seconds=2)
 
 
