@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lipsync_cli.core.interior import interior_look
-from lipsync_cli.core.warp import MIN_LIFT_PX, chin_after_warp, lift_jaw, warp_lips
+from lipsync_cli.core.warp import MIN_LIFT_PX, chin_after_warp, lift_jaw, warp_lips, warp_lips_upright
 from lipsync_cli.media import face as F
 
 FRAMES = (0, 100)
@@ -174,3 +174,29 @@ def test_drawn_teeth_take_the_colour_of_the_light_on_the_face(sample_model):
     warm, cool = blue_over_red
     # the light's own blue/red ratio differs 2x between the two; the teeth must follow part of it
     assert cool > 1.25 * warm, (warm, cool)
+
+
+@pytest.mark.parametrize("tilt_deg", [-15.0, 15.0])
+def test_a_tilted_head_drops_its_jaw_along_its_own_axis(sample_model, tilt_deg):
+    # the sample's region and landmarks turned in the picture, as a head tilted to one side
+    own, own_pts = sample_model.region(0), sample_model.region_points(0)
+    centre = (own_pts[F.MOUTH_RIGHT_INNER] + own_pts[F.MOUTH_LEFT_INNER]) / 2
+    turn = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), tilt_deg, 1.0)
+    size = own.shape[1::-1]
+    img = cv2.warpAffine(own, turn, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    pts = own_pts @ turn[:, :2].T + turn[:, 2]
+    iod = float(np.linalg.norm(pts[F.LEFT_EYE_OUTER] - pts[F.RIGHT_EYE_OUTER]))
+    look = interior_look([img], [pts])
+
+    def lean(warp) -> float:
+        """Turned back to the face's own pose: how far to one side of the mouth's centre the pixels the
+        warp changed lie, per pixel below it (0: the opening and the jaw drop along the face's axis)."""
+        back = cv2.invertAffineTransform(turn)
+        before, after = (cv2.cvtColor(cv2.warpAffine(im, back, size), cv2.COLOR_BGR2GRAY).astype(np.float32)
+                         for im in (img, warp(img, pts, target_gap_px=0.3 * iod, has_interior=False, look=look)))
+        ys, xs = np.nonzero(np.abs(after - before) > 25)
+        assert len(xs) > 1000 and ys.mean() > centre[1]  # it opened, and below the lip line
+        return float((xs.mean() - centre[0]) / (ys.mean() - centre[1]))
+
+    assert abs(lean(warp_lips_upright)) < 0.08  # measured 0.011-0.012
+    assert abs(lean(warp_lips)) > 0.15  # the plain warp drops straight down in the picture: 0.24-0.44

@@ -18,7 +18,7 @@ import numpy as np
 
 from lipsync_cli.core.compositor import composite
 from lipsync_cli.core.interior import InteriorLook
-from lipsync_cli.core.warp import warp_lips
+from lipsync_cli.core.warp import warp_lips_upright
 from lipsync_cli.media import face as F
 from lipsync_cli.media.store import Model
 
@@ -46,7 +46,7 @@ def readable_max_open(model: Model, frame: int, region_pts: np.ndarray, look: In
     still = model.frame(frame)  # decoded once
     for gap in GRID_GAPS:
         full = still.copy()
-        opened = warp_lips(region, region_pts, target_gap_px=float(gap) * iod_px, has_interior=False, look=look)
+        opened = warp_lips_upright(region, region_pts, target_gap_px=float(gap) * iod_px, has_interior=False, look=look)
         composite(full, opened, model.mouth_bounds[frame], reference=region)
         found = tracker.near(full, model.landmarks[frame])
         readings.append(face_gap(found.points) if found.score >= F.MIN_FACE_SCORE else 0.0)

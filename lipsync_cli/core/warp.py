@@ -8,6 +8,8 @@ an inner corner) or, for the opening profile, in `u`: -1..1 across the part of t
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -22,6 +24,10 @@ DRAWN_SLIT_FRACTION = 0.92  # ...and that opens where the inner mouth is drawn o
 # (0.8 until stop 24: a tall bowl that the landmark tracker read as a smaller opening than this wider
 # oval; a talking video's mouths keep the shape of its own, filmed ones)
 STRETCH_MAX = 2.5  # how far a real inner mouth may be stretched before it is drawn instead
+ROLL_MIN_DEG = 2.0  # a head tilted further than this in the picture is warped along its own axis (`warp_lips_upright`)...
+UPRIGHT_MIN_DROP_PX = 2.0  # ...when its mouth opens by more than this: a closing, or the small moves that bring
+# resting lips to the rest gap, go straight down (at 15 degrees a 2-px drop leans by half a pixel), and keep
+# their pixels sharp (turned upright and back, they are resampled twice)
 MIN_MOUTH_WIDTH_PX = 4  # inner corners closer than this: no mouth to warp
 MIN_GAP_CHANGE_PX = 0.6  # a gap this close to the target is left as it is...
 MIN_SCALE_CHANGE = 0.01  # ...unless the width changes by more than this factor
@@ -295,4 +301,30 @@ def warp_lips(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, scale_x
                                     look, 2 * hw, wall_shade=FILMED_WALL_SHADE if filmed else WALL_SHADE)
     out = img.copy()
     out[y0:y1, x0:x1] = patch
+    return out
+
+
+def warp_lips_upright(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float, **kwargs) -> np.ndarray:
+    """`warp_lips` along the face's own axis. A head tilted in the picture (the line between the outer
+    eye corners more than ROLL_MIN_DEG from level) whose mouth opens by more than UPRIGHT_MIN_DROP_PX is
+    turned upright about the mouth, warped and turned back, so the jaw drops along the face instead of
+    straight down; the pixels the warp leaves alone are kept as they were (not resampled twice).
+    Returns `img` itself when nothing needs to change."""
+    eyes = pts[F.LEFT_EYE_OUTER] - pts[F.RIGHT_EYE_OUTER]
+    roll_deg = math.degrees(math.atan2(float(eyes[1]), float(eyes[0])))
+    top, bottom = _centre_lips_y(pts)
+    if abs(roll_deg) < ROLL_MIN_DEG or target_gap_px - max(0.0, bottom - top) < UPRIGHT_MIN_DROP_PX:
+        return warp_lips(img, pts, target_gap_px=target_gap_px, **kwargs)
+    centre = (pts[F.MOUTH_RIGHT_INNER] + pts[F.MOUTH_LEFT_INNER]) / 2
+    size = img.shape[1::-1]
+    turn = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), roll_deg, 1.0)
+    upright = cv2.warpAffine(img, turn, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    warped = warp_lips(upright, pts @ turn[:, :2].T + turn[:, 2], target_gap_px=target_gap_px, **kwargs)
+    if warped is upright:
+        return img
+    back = cv2.invertAffineTransform(turn)
+    diff = cv2.split(cv2.absdiff(warped, upright))
+    changed = cv2.warpAffine(cv2.max(cv2.max(diff[0], diff[1]), diff[2]), back, size, flags=cv2.INTER_NEAREST) > 0
+    out = img.copy()
+    out[changed] = cv2.warpAffine(warped, back, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[changed]
     return out
