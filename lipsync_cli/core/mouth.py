@@ -29,7 +29,7 @@ from lipsync_cli.core.driver import MouthParams
 from lipsync_cli.core.generator import MouthImage
 from lipsync_cli.core.region import LOWER_FACE, RESTING_FACE, blend_lower_face, smoothstep
 from lipsync_cli.core.interior import InteriorLook, interior_look
-from lipsync_cli.core.warp import STRETCH_MAX, chin_after_warp, lift_jaw, warp_lips_upright
+from lipsync_cli.core.warp import STRETCH_MAX, chin_after_warp, lift_jaw, warp_lips, warp_lips_upright
 from lipsync_cli.media import face as F
 from lipsync_cli.media.cache import smooth_over_frames
 from lipsync_cli.media.store import Model
@@ -266,8 +266,11 @@ class OwnMouthStream:
         scale_x = 1 + WIDE_SPREAD * params.wide - ROUND_PURSE * params.round
         # only a frame of a talking video whose lips are apart shows a real inner mouth to stretch
         has_interior = bool(self._has_interior(s))
-        img = warp_lips_upright(img, pts, target_gap_px=target * iod_px, scale_x=scale_x, has_interior=has_interior,
-                                 look=p.look, filmed=p.talking)
+        # a still's opening is all warp, made along its tilted face; a talking video's filmed mouths come
+        # tilted as its head is, and are only stretched
+        warp = warp_lips if p.talking else warp_lips_upright
+        img = warp(img, pts, target_gap_px=target * iod_px, scale_x=scale_x, has_interior=has_interior,
+                   look=p.look, filmed=p.talking)
         if s != b:
             # a base frame whose jaw hangs lower than the new mouth's has it raised to meet it
             lift_px = float(base_pts[F.CHIN, 1]) - chin_after_warp(pts, target * iod_px)
