@@ -33,6 +33,13 @@ def smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
+def channel_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(H, W) uint8: the largest of the three channel differences between two BGR images, per pixel
+    (cv2.max over the split channels: the same as ndarray.max(axis=2) at a small fraction of its cost)."""
+    diff = cv2.split(cv2.absdiff(a, b))
+    return cv2.max(cv2.max(diff[0], diff[1]), diff[2])
+
+
 @lru_cache(maxsize=8)
 def feather_mask(size_px: int) -> np.ndarray:
     """(size, size) float32, read-only: 1 inside, a smooth fall to 0 at every edge (no visible box)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from lipsync_cli.core.interior import FILMED_WALL_SHADE, WALL_SHADE, InteriorLook, draw_interior, interior_look
-from lipsync_cli.core.region import smoothstep
+from lipsync_cli.core.region import channel_difference, smoothstep
 from lipsync_cli.media import face as F
 
 UPPER_SHARE = 0.12  # of an opening, how much the upper lip rises in the middle (the jaw does the rest, as in people;
@@ -323,8 +323,7 @@ def warp_lips_upright(img: np.ndarray, pts: np.ndarray, *, target_gap_px: float,
     if warped is upright:
         return img
     back = cv2.invertAffineTransform(turn)
-    diff = cv2.split(cv2.absdiff(warped, upright))
-    changed = cv2.warpAffine(cv2.max(cv2.max(diff[0], diff[1]), diff[2]), back, size, flags=cv2.INTER_NEAREST) > 0
+    changed = cv2.warpAffine(channel_difference(warped, upright), back, size, flags=cv2.INTER_NEAREST) > 0
     out = img.copy()
     out[changed] = cv2.warpAffine(warped, back, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[changed]
     return out
