@@ -56,10 +56,10 @@ from lipsync_cli.core.hops import (
     HopTarget,
     SpeechGate,
     TargetTracker,
+    voice_share,
 )
 from lipsync_cli.core.motion import LIVE_MOTION, PHONETIC_MOTION, Follower, Motion
 from lipsync_cli.core.phones import PHONE_SAMPLE_RATE_HZ, SILENCE, PhoneLabeller, is_phone, phone_target
-from lipsync_cli.core.region import smoothstep
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 from lipsync_cli.errors import AudioError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, check_samples
@@ -367,7 +367,7 @@ def _share_under_peak(level_db: float, peak_db: float | None) -> float:
     """0..1: how much a hop this loud is heard as voice against the loudest of the clip."""
     if peak_db is None:
         return 1.0
-    return float(smoothstep((level_db - peak_db + FAINT_BELOW_PEAK_DB) / FAINT_PEAK_RAMP_DB))
+    return voice_share(level_db, peak_db, below_db=FAINT_BELOW_PEAK_DB, ramp_db=FAINT_PEAK_RAMP_DB)
 
 
 def drive(samples: np.ndarray, *, fps: Fraction, sample_rate_hz: int = SAMPLE_RATE_HZ, phonetic: bool = False

@@ -349,7 +349,13 @@ class TargetTracker:
         (0 from FAINT_BELOW_LEVEL_DB under it, 1 from FAINT_RAMP_DB louder than that; 1 before any speech)."""
         if self.level_db is None:
             return 1.0
-        return float(smoothstep((m.total_db - self.level_db + FAINT_BELOW_LEVEL_DB) / FAINT_RAMP_DB))
+        return voice_share(m.total_db, self.level_db, below_db=FAINT_BELOW_LEVEL_DB, ramp_db=FAINT_RAMP_DB)
+
+
+def voice_share(level_db: float, reference_db: float, *, below_db: float, ramp_db: float) -> float:
+    """0..1: how much a hop this loud is heard as voice against a reference level: nothing from
+    below_db under it, in full from ramp_db louder than that (smoothly between)."""
+    return float(smoothstep((level_db - reference_db + below_db) / ramp_db))
 
 
 def clip01(x: float) -> float:
