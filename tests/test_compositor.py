@@ -8,7 +8,7 @@ import pytest
 
 from lipsync_cli.media.cache import crop_region
 from lipsync_cli.core.compositor import CHANGE_LEVEL, change_mask, composite, composite_i420
-from lipsync_cli.media.yuv import decode_jpeg_into, i420_frame, plane_views
+from lipsync_cli.media.yuv import CHROMA_TO_VIDEO, LUMA_TO_VIDEO, decode_jpeg_into, i420_frame, plane_views
 from lipsync_cli.rpc.client import decode_image
 from lipsync_cli.core.region import feather_mask
 
@@ -75,6 +75,27 @@ def test_only_what_the_generator_changed_is_pasted():
     assert np.abs(plain.astype(int) - frame.astype(int))[130:150, 300:400].max() > 0
 
 
+@pytest.mark.parametrize("bounds", [(150.0, 100.0, 550.0, 500.0), (-60.5, 300.25, 260.0, 620.0)])
+def test_pasting_only_the_touched_pixels_is_pasting_the_whole_region(bounds):
+    """Only the frame pixels under the changed part of the region are worked on; the picture is
+    the one a paste of the whole region gives (up to the warp's 1/32-pixel rounding)."""
+    from lipsync_cli.core.compositor import _paste, paste_weight
+
+    frame = _frame()
+    reference = crop_region(frame, np.array(bounds))
+    region = reference.copy()
+    cv2.ellipse(region, (160, 200), (50, 20), 0, 0, 360, (20, 20, 60), -1)
+    touched = frame.copy()
+    assert composite(touched, region, bounds, reference=reference)
+    whole = frame.copy()
+    x0, y0, x1, y1 = bounds
+    _paste(whole, region, paste_weight(region, reference), bounds,
+           (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))), min(800, int(np.ceil(x1))), min(600, int(np.ceil(y1)))))
+    diff = np.abs(touched.astype(int) - whole.astype(int))
+    assert diff.max() <= 3 and (diff > 1).sum() < 50, (diff.max(), (diff > 1).sum())
+    assert np.abs(touched.astype(int) - frame.astype(int)).max() > 40  # the mouth is there
+
+
 def test_crop_region_shrinks_without_aliasing():
     stripes = np.zeros((600, 600, 3), np.uint8)
     stripes[::2] = 255  # one-pixel lines: any point sampling shows them as bands
@@ -123,6 +144,16 @@ def test_the_yuv_paste_is_the_bgr_paste(bounds):
     outside = np.ones(before[:600].shape, bool)
     outside[y0:y1, x0:x1] = False
     assert np.array_equal(yuv.to_ndarray()[:600][outside], before[:600][outside])
+
+
+def test_full_range_levels_map_to_video_range_as_rounded():
+    """The scale-and-offset mapping of JPEG levels to the encoder's rounds every level to nearest."""
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    luma = cv2.convertScaleAbs(levels, None, *LUMA_TO_VIDEO).ravel()
+    chroma = cv2.convertScaleAbs(levels, None, *CHROMA_TO_VIDEO).ravel()
+    assert np.array_equal(luma, np.round(16 + np.arange(256) * 219 / 255).astype(np.uint8))
+    assert np.array_equal(chroma, np.round(128 + (np.arange(256) - 128) * 224 / 255).astype(np.uint8))
+    assert (luma[0], luma[255], chroma[0], chroma[128], chroma[255]) == (16, 235, 16, 128, 240)
 
 
 def test_unusable_bounds_leave_the_yuv_frame_untouched():

@@ -1,7 +1,7 @@
 """Frames as the H.264 encoder takes them: yuv420p (I420), video-range BT.601 levels.
 
 A render's model frames are JPEGs in the cache. Decoded straight into the encoder's own frame
-(the JPEG's 4:2:0 planes, full-range levels mapped to video range by a lookup table) they skip two
+(the JPEG's 4:2:0 planes, full-range levels mapped to video range) they skip two
 full-frame colour conversions, JPEG -> BGR and BGR -> yuv420p: at 1080x1920, 6.4 ms of CPU per
 frame instead of 10. Only the mouth's box is converted to BGR to be composited, and back, by
 swscale as the encoder's own conversion of a whole BGR frame would be.
@@ -17,9 +17,11 @@ import numpy as np
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 # JPEG (JFIF) stores BT.601 at full range (0-255); H.264's yuv420p, as swscale writes it from BGR,
-# uses video range: luma 16-235, chroma 16-240 around 128
-_LUMA_LUT = np.clip(np.round(16 + np.arange(256) * 219 / 255), 0, 255).astype(np.uint8)
-_CHROMA_LUT = np.clip(np.round(128 + (np.arange(256) - 128) * 224 / 255), 0, 255).astype(np.uint8)
+# uses video range: luma 16-235, chroma 16-240 around 128. As (scale, offset) of `cv2.convertScaleAbs`,
+# which rounds each of the 256 levels as a lookup table of round(offset + scale * level) would, at a
+# quarter of cv2.LUT's cost on a plane with row padding (1080x1920: 0.5 ms against 1.9 for the luma)
+LUMA_TO_VIDEO = (219 / 255, 16.0)
+CHROMA_TO_VIDEO = (224 / 255, 128 - 128 * 224 / 255)
 _local = threading.local()  # one MJPEG decoder per thread (a codec context is not thread-safe)
 
 
@@ -69,7 +71,8 @@ def decode_jpeg_into(jpeg: bytes | np.ndarray, planes: Planes) -> bool:
     for k, (source, target) in enumerate(zip(plane_views(src), planes)):
         if source.shape != target.shape:
             return False
-        cv2.LUT(source, _LUMA_LUT if k == 0 else _CHROMA_LUT, dst=target)
+        scale, offset = LUMA_TO_VIDEO if k == 0 else CHROMA_TO_VIDEO
+        cv2.convertScaleAbs(source, target, scale, offset)
     return True
 
 
