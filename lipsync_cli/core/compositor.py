@@ -87,7 +87,8 @@ def _touched_window(weight: np.ndarray, bounds, width: int, height: int) -> tupl
     return fx0, fy0, fx1, fy1
 
 
-def _paste(frame: np.ndarray, region: np.ndarray, weight: np.ndarray, bounds, window: tuple[int, int, int, int]) -> None:
+def _paste(frame: np.ndarray, region: np.ndarray, weight: np.ndarray, bounds,
+           window: tuple[int, int, int, int]) -> None:
     """Blend `region` under `weight` into `frame` over `bounds`, on the frame pixels of `window` only."""
     x0, y0, x1, y1 = (float(v) for v in bounds)
     fx0, fy0, fx1, fy1 = window

@@ -66,10 +66,11 @@ LOWER_TEETH_LIGHT = 0.45  # they sit in the lower lip's and the tongue's shade
 TONGUE_MIN_GAP_PX = 14.0  # a tongue starts to show at this gap (wide vowels)...
 TONGUE_FULL_GAP_PX = 26.0  # ...fully from this one
 TONGUE_HALF_WIDTH = 0.75  # the tongue's half-width in u
-TONGUE_HEIGHT_SHARE = 0.16  # its height as a share of the gap
+TONGUE_HEIGHT_SHARE = 0.3  # its height as a share of the gap (0.16 until stop 30)
 TONGUE_TINT_BGR = (0.55, 0.58, 0.95)  # its hue against the lips'
-TONGUE_TOP_SHADE, TONGUE_LOW_SHADE = 0.45, 0.3  # its lit top and its shaded front (behind the lower lip)
-TONGUE_OPACITY = 0.6  # set back in the shade
+TONGUE_TOP_SHADE, TONGUE_LOW_SHADE = 0.75, 0.45  # its lit top and its shaded front, behind the lower lip
+# (0.45 and 0.3 until stop 30)
+TONGUE_OPACITY = 0.9  # set back in the shade (0.6 until stop 30: a wide opening read as a black hole)
 EDGE_BLUR_KERNEL_PX, EDGE_BLUR_SIGMA_PX = 5, 1.0  # the drawn interior's edge softness
 COLOUR_BLUR_SIGMA_PX = 0.9  # the drawn interior is this soft (a real one is never sharp)
 
