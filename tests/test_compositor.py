@@ -89,8 +89,9 @@ def test_pasting_only_the_touched_pixels_is_pasting_the_whole_region(bounds):
     assert composite(touched, region, bounds, reference=reference)
     whole = frame.copy()
     x0, y0, x1, y1 = bounds
-    _paste(whole, region, paste_weight(region, reference), bounds,
-           (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))), min(800, int(np.ceil(x1))), min(600, int(np.ceil(y1)))))
+    covered = (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
+               min(800, int(np.ceil(x1))), min(600, int(np.ceil(y1))))
+    _paste(whole, region, paste_weight(region, reference), bounds, covered)
     diff = np.abs(touched.astype(int) - whole.astype(int))
     assert diff.max() <= 3 and (diff > 1).sum() < 50, (diff.max(), (diff > 1).sum())
     assert np.abs(touched.astype(int) - frame.astype(int)).max() > 40  # the mouth is there
