@@ -24,7 +24,8 @@ DRAWN_SLIT_FRACTION = 0.92  # ...and that opens where the inner mouth is drawn o
 # (0.8 until stop 24: a tall bowl that the landmark tracker read as a smaller opening than this wider
 # oval; a talking video's mouths keep the shape of its own, filmed ones)
 STRETCH_MAX = 2.5  # how far a real inner mouth may be stretched before it is drawn instead
-ROLL_MIN_DEG = 2.0  # a head tilted further than this in the picture is warped along its own axis (`warp_lips_upright`)...
+ROLL_MIN_DEG = 2.0  # a head tilted further than this in the picture is warped along its own axis
+# (`warp_lips_upright`)...
 UPRIGHT_MIN_DROP_PX = 2.0  # ...when its mouth opens by more than this: a closing, or the small moves that bring
 # resting lips to the rest gap, go straight down (at 15 degrees a 2-px drop leans by half a pixel), and keep
 # their pixels sharp (turned upright and back, they are resampled twice)
