@@ -232,7 +232,8 @@ def live(
                                         "(default: the only model found, else the bundled sample)."),
     list_devices: bool = typer.Option(False, "--list-devices", help="List the audio devices and exit."),
     input: Optional[Path] = typer.Option(None, "--input", help="Play this audio file as if it were the "
-                                         "microphone (and on the speakers), in real time."),
+                                         "microphone (and on the speakers), in real time; its phones are read "
+                                         "first, so the mouth follows them as a render's does."),
     device: Optional[str] = typer.Option(None, "--device", help="Microphone: device index or part of its "
                                          "name (see --list-devices)."),
     record: Optional[Path] = typer.Option(None, "--record", help="Write what is shown, with its sound, "

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import SAMPLE_SPEECH
 from helpers import wait_until
-from lipsync_cli.core.engine import LiveEngine, MouthFrame, render_clip
+from lipsync_cli.core.driver import drive
+from lipsync_cli.core.engine import LiveEngine, MouthFrame, PlannedMouths, plan_mouths, render_clip
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.timing import frame_count, ping_pong
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, load_audio, resample
@@ -124,6 +125,51 @@ def test_an_offline_stream_in_any_chunks_gives_the_rendered_clips_frames(sample_
     engine = LiveEngine(sample_model, generator, offline=True)
     frames = [f for i in range(0, len(speech_16k), chunk) for f in engine.push(speech_16k[i:i + chunk])]
     _same_mouths(frames + engine.flush(), phonetic_clip, over_the_wire=False)
+
+
+
+def test_a_stream_with_its_plan_ready_gives_the_rendered_clips_mouths_live(sample_model, generator, speech_16k,
+                                                                          phonetic_clip, clip):
+    # a played file: its phones are planned before it plays; the frames still come when the live
+    # driver decides them (the same count, the same images for the same mouths), with the render's mouths
+    plan = plan_mouths(speech_16k, fps=sample_model.fps)
+    assert plan.wait(60.0), plan.error
+    first = 7  # the stream's frame 0 is the file's frame 7 (a call that started again)
+    engine = LiveEngine(sample_model, generator, plan=plan, plan_slot=first)
+    frames = []
+    for start in range(0, len(speech_16k), 640):
+        pushed = engine.push(speech_16k[start:start + 640])
+        assert len(pushed) <= 1, "one frame a frame's worth of audio, as without a plan"
+        frames += pushed
+    frames += engine.flush()
+    assert len(frames) == len(clip)
+    planned = [f.params for f in phonetic_clip[first:]]
+    assert [f.params for f in frames[:len(planned)]] == planned
+    # past the plan's end, the stream's own driver again
+    assert [f.params for f in frames[len(planned):]] == [f.params for f in clip[len(planned):]]
+
+
+def test_a_plan_done_late_is_taken_up_where_both_mouths_rest(sample_model, generator, speech_16k):
+    twice = np.concatenate([speech_16k, speech_16k])  # speech, a pause, speech again, a pause
+    spectral = drive(twice, fps=sample_model.fps)
+    phonetic = drive(twice, fps=sample_model.fps, phonetic=True)
+    plan = PlannedMouths()
+    engine = LiveEngine(sample_model, generator, plan=plan)
+    cut = len(speech_16k) // 5
+    got = [f.params for f in engine.push(twice[:cut])]
+    n = len(got)
+    assert got == spectral[:n], "no plan yet: the live driver"
+    plan.done(phonetic)
+    got += [f.params for f in engine.push(twice[cut:]) + engine.flush()]
+    assert phonetic[n].speech and spectral[n].speech, "the plan comes in the middle of speech"
+    # taken up at the first frame after that where both drivers rest, and followed from there on
+    up = next(k for k in range(n, len(got)) if not spectral[k].speech and not phonetic[k].speech)
+    assert got[:up] == spectral[:up]
+    assert got[up:] == phonetic[up:]
+    assert phonetic[up:] != spectral[up:], "the second utterance's mouths are the plan's, not the live driver's"
+    failed = PlannedMouths()
+    failed.done(None, RuntimeError("no phones"))
+    assert not failed.wait(0.0) and failed.at(0) is None
 
 
 def test_the_render_driver_shuts_the_lips_in_speech_and_rests_in_silence(phonetic_clip, clip):

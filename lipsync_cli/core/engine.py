@@ -6,7 +6,8 @@ The chain, in order: samples (mono float32) -> `driver` (mouth parameters per vi
 - `render_clip(model, samples, generator=...)`: a whole clip, lazily, frame by frame.
 - `LiveEngine(model, generator)`: a stream; `push(samples)` returns the frames the new audio
   completed, `flush()` the rest at the end. Pushing a clip in any chunks gives exactly the frames
-  `render_clip` gives for it.
+  `render_clip` gives for it. A stream whose sound is known ahead (a file played live) can follow
+  that sound's `plan_mouths` instead of guessing from the spectrum.
 
 Plain arrays only: no JPEG, no protobuf, no sockets. The gRPC services, the web bridge and the
 tests all wrap these; the compositor pastes a `MouthFrame` onto its full frame.
@@ -17,9 +18,11 @@ audio from `first_sample_of_frame(i)` on (the one clock, `timing.py`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -119,6 +122,57 @@ def render_clip(model: Model, samples: np.ndarray, *, generator: MouthGenerator,
         return frames_for(model, generator, params, samples, first_frame=first_frame, stream=stream.result())
 
 
+class PlannedMouths:
+    """The mouth of every frame of a sound known in full before it plays (a file played live), worked
+    out by the render's phonetic driver (`plan_mouths`).
+
+    A live stream follows the spectral driver, which must guess the sounds from 27.5 ms of audio
+    ahead; a file's phones can be heard first, as a render hears them. `at(slot)` is the planned
+    mouth of output frame `slot` (frame 0 shows the sound's first sample), or None while the plan
+    is not done, past the sound's end, or when it failed (`error`): the stream then follows its own
+    driver.
+    """
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self._params: list[MouthParams] | None = None
+        self._done = threading.Event()
+
+    def done(self, params: list[MouthParams] | None, error: Exception | None = None) -> None:
+        """The plan is ready (`params`, one per frame) or failed (`error`)."""
+        self._params, self.error = params, error
+        self._done.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to timeout_s for the plan; True when it is there."""
+        self._done.wait(timeout_s)
+        return self._params is not None
+
+    def at(self, slot: int) -> MouthParams | None:
+        params = self._params
+        if params is None or not 0 <= slot < len(params):
+            return None
+        return params[slot]
+
+
+def plan_mouths(samples: np.ndarray, *, fps: Fraction) -> PlannedMouths:
+    """The phonetic driver's mouths for (n,) float32 mono samples at SAMPLE_RATE_HZ, worked out in a
+    thread of its own (a second of work per 12-20 s of speech): the plan returns at once, done later."""
+    plan = PlannedMouths()
+    samples = np.asarray(samples, dtype=np.float32)
+
+    def work() -> None:
+        try:
+            params = drive(samples, fps=fps, phonetic=True)
+        except Exception as exc:  # noqa: BLE001  (kept in the plan: the stream goes on without it)
+            plan.done(None, exc)
+        else:
+            plan.done(params)
+
+    threading.Thread(target=work, name="lipsync-plan", daemon=True).start()
+    return plan
+
+
 class LiveEngine:
     """One live stream: audio chunks in, the frames they complete out.
 
@@ -129,10 +183,15 @@ class LiveEngine:
     `render_clip` gives for its audio, with generators that look at the audio too (a streamed
     render); later by up to half a window (100 ms), and its mouth follows the phones heard (the
     render's phonetic driver: frames come a phone segment at a time, up to 5 minutes of audio).
+    plan: the mouths of a sound known ahead (a played file), whose frame `plan_slot + i` is this
+    stream's frame i: followed instead of the driver's, from the first frame (when the plan is done
+    before the stream starts) or else from the first frame after it is done where both rest (so
+    taking it up never jumps), to its end. The frames still come when the driver decides them.
     """
 
     def __init__(self, model: Model, generator: MouthGenerator, *, sample_rate_hz: int = SAMPLE_RATE_HZ,
-                 first_frame: int = 0, offline: bool = False):
+                 first_frame: int = 0, offline: bool = False, plan: PlannedMouths | None = None,
+                 plan_slot: int = 0):
         self.fps = model.fps
         self.resampler = StreamResampler(from_rate_hz=sample_rate_hz)
         self.driver = MouthDriver(fps=model.fps, phonetic=offline)
@@ -143,6 +202,8 @@ class LiveEngine:
         self.history_start = 0
         self.offline = offline
         self.waiting: list[MouthParams] = []  # offline: decided frames whose window is not complete yet
+        self.plan, self.plan_slot = plan, plan_slot
+        self.following_plan = plan is not None and plan.at(plan_slot) is not None
 
     def push(self, samples: np.ndarray, captured_at_s: float = 0.0) -> list[MouthFrame]:
         """The frames completed by (n,) float32 mono samples at the stream's rate (any n, 0 too).
@@ -175,7 +236,7 @@ class LiveEngine:
         out = []
         for params in decided:
             window = audio_window(self.history, self.history_start, self._centre(self.next_index))
-            out.append(self.maker.make(self.next_index, params, window, captured_at_s))
+            out.append(self.maker.make(self.next_index, self._planned(params), window, captured_at_s))
             self.next_index += 1
         keep_from = self._centre(self.next_index) - AUDIO_WINDOW_SAMPLES // 2
         drop = min(max(0, keep_from - self.history_start), len(self.history))
@@ -184,3 +245,14 @@ class LiveEngine:
 
     def _centre(self, index: int) -> int:
         return frame_centre_sample(index, fps=self.fps, sample_rate_hz=SAMPLE_RATE_HZ)
+
+    def _planned(self, params: MouthParams) -> MouthParams:
+        """The plan's mouth for the next frame instead of the driver's `params`, once it is followed."""
+        planned = self.plan.at(self.plan_slot + self.next_index) if self.plan is not None else None
+        if planned is None:
+            return params
+        if not self.following_plan:
+            if params.speech or planned.speech:
+                return params
+            self.following_plan = True
+        return planned

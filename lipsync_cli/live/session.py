@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2  # noqa: F401  (cv2 before av: a window may open in this process)
 import numpy as np
 
+from lipsync_cli.core.engine import plan_mouths
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.live.agent import AgentOptions, RealtimeAgent, TranscriptFn, check_agent
 from lipsync_cli.live.audio_io import MessageFn
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 THREAD_SWITCH_S = 0.001  # how long a thread may hold the GIL while others wait (Python's default: 5 ms)
 FILE_TAIL_S = 0.5  # with --input and no --duration: stop this long after the file ends (the mouth closes)
+# with --input: how long the session waits for the file's planned mouths (about 1 s of work per 12 s of
+# speech) before it starts playing; a longer file starts at once and takes its plan up in its first pause
+PLAN_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -200,9 +204,13 @@ def _run_live(options: LiveOptions, *, store: ModelStore, started_s: float, say:
         if options.server:
             lip = LipStream(options.server, model_name, rate_hz=rate_hz, model=model, on_message=say)
         else:
+            # a file's mouths follow its phones, heard before it plays, as a render's do
+            plan = plan_mouths(audio.known, fps=model.fps) if audio.known is not None else None
             generator = make_generator()
             generator.open_stream(model)  # its per-face work (core/calibration.py) before the clock starts
-            lip = EngineStream(model, generator, rate_hz=rate_hz)
+            lip = EngineStream(model, generator, rate_hz=rate_hz, plan=plan)
+            if plan is not None and not plan.wait(PLAN_WAIT_S) and plan.error is not None:
+                say(f"the file's phones could not be read ({plan.error}): the mouth follows the sound alone")
         stack.enter_context(lip)
         timeline = Timeline(rate_hz, feed=lip.feed, out=audio.out,
                             on_played=recorder.add_audio if recorder is not None else lambda block: None,

@@ -2,7 +2,8 @@
 driving source onto the timeline in real time.
 
 - microphone: drives the avatar; nothing is played back (it would echo).
-- --input FILE: played as if it were the microphone, and on the speakers.
+- --input FILE: played as if it were the microphone, and on the speakers; its whole sound is known
+  ahead (`LiveAudio.known`), so its mouths can be planned from its phones.
 - --agent: the agent's answers drive the avatar and play on the speakers; the microphone (or the
   file) is the user's voice, sent to the agent.
 """
@@ -14,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
 
 from lipsync_cli.errors import DeviceError
 from lipsync_cli.live.agent import REALTIME_RATE_HZ, AnswerAudio
@@ -37,14 +40,16 @@ class LiveAudio(NamedTuple):
     user: AudioSource | None = None  # agent mode: the user's voice, sent to the agent
     answers: AnswerSource | None = None  # agent mode: where its answers go (the same object as source)
     end_sample: int | None = None  # a file: the timeline position where it ends
+    known: np.ndarray | None = None  # a file: its whole sound (mono, SAMPLE_RATE_HZ), whose mouths can be planned
 
 
-def _paced_file(path: Path, rate_hz: int | None) -> PacedFile:
-    """The file as a mono source at rate_hz (None: the nearest rate an MP4 can carry)."""
+def _paced_file(path: Path, rate_hz: int | None) -> tuple[PacedFile, np.ndarray]:
+    """The file as a mono source at rate_hz (None: the nearest rate an MP4 can carry), and its sound at
+    SAMPLE_RATE_HZ."""
     clip = load_audio(path)
     rate_hz = rate_hz or aac_rate_for(clip.original_rate_hz)
     return PacedFile(resample(to_mono(clip.original), from_rate_hz=clip.original_rate_hz, to_rate_hz=rate_hz),
-                     rate_hz)
+                     rate_hz), clip.samples
 
 
 @contextlib.contextmanager
@@ -57,13 +62,14 @@ def open_audio(*, input: Path | None, device: str | None, agent: bool, on_messag
 
         if agent:
             answers = opened(AnswerAudio())
-            user = opened(_paced_file(input, REALTIME_RATE_HZ) if input is not None else MicSource(device))
+            user = opened(_paced_file(input, REALTIME_RATE_HZ)[0] if input is not None else MicSource(device))
             yield LiveAudio(answers, opened(Speaker(REALTIME_RATE_HZ, on_message=on_message, delay_ms=AV_DELAY_MS)),
                             user=user, answers=answers)
         elif input is not None:
-            source = opened(_paced_file(input, None))
+            paced, known = _paced_file(input, None)
+            source = opened(paced)
             speaker = opened(Speaker(source.rate_hz, on_message=on_message, delay_ms=AV_DELAY_MS))
-            yield LiveAudio(source, speaker, end_sample=len(source.samples))
+            yield LiveAudio(source, speaker, end_sample=len(source.samples), known=known)
         else:
             yield LiveAudio(opened(MicSource(device)), None)
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lipsync_cli.core.engine import LiveEngine, MouthFrame
+from lipsync_cli.core.engine import LiveEngine, MouthFrame, PlannedMouths
 from lipsync_cli.core.generator import MouthGenerator
 from lipsync_cli.core.timing import first_sample_of_frame, frame_count
 from lipsync_cli.errors import AudioError, ModelNotFoundError, ServiceError, ServiceFullError
@@ -120,14 +120,16 @@ class MouthStream(Worker):
 class EngineStream(MouthStream):
     """The mouths of the core engine in this process (`lipsync live` with no --server)."""
 
-    def __init__(self, model: Model, generator: MouthGenerator, *, rate_hz: int):
-        self.model, self.generator = model, generator
+    def __init__(self, model: Model, generator: MouthGenerator, *, rate_hz: int, plan: PlannedMouths | None = None):
+        """plan: the mouths of a played file, by slot (`LiveEngine`'s plan)."""
+        self.model, self.generator, self.plan = model, generator, plan
         super().__init__("lip-engine", rate_hz=rate_hz, model=model, status="")
 
     def _run(self) -> None:
         while not self._stop.is_set():
             first, blocks, done = self._open_call()
-            engine = LiveEngine(self.model, self.generator, sample_rate_hz=self.rate_hz, first_frame=first)
+            engine = LiveEngine(self.model, self.generator, sample_rate_hz=self.rate_hz, first_frame=first,
+                                plan=self.plan, plan_slot=first)
             try:
                 for block, captured_at_s in self._chunks(blocks, done):
                     for mouth in engine.push(block, captured_at_s):
