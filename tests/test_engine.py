@@ -15,6 +15,7 @@ from lipsync_cli.core.driver import drive
 from lipsync_cli.core.engine import LiveEngine, MouthFrame, PlannedMouths, plan_mouths, render_clip
 from lipsync_cli.core.generators import make_generator
 from lipsync_cli.core.timing import frame_count, ping_pong
+from lipsync_cli.errors import AudioError
 from lipsync_cli.media.audio import SAMPLE_RATE_HZ, StreamResampler, load_audio, resample
 from lipsync_cli.rpc.client import LipSyncClient
 from lipsync_cli.rpc.service import create_server
@@ -127,7 +128,6 @@ def test_an_offline_stream_in_any_chunks_gives_the_rendered_clips_frames(sample_
     _same_mouths(frames + engine.flush(), phonetic_clip, over_the_wire=False)
 
 
-
 def test_a_stream_with_its_plan_ready_gives_the_rendered_clips_mouths_live(sample_model, generator, speech_16k,
                                                                           phonetic_clip, clip):
     # a played file: its phones are planned before it plays; the frames still come when the live
@@ -167,9 +167,14 @@ def test_a_plan_done_late_is_taken_up_where_both_mouths_rest(sample_model, gener
     assert got[:up] == spectral[:up]
     assert got[up:] == phonetic[up:]
     assert phonetic[up:] != spectral[up:], "the second utterance's mouths are the plan's, not the live driver's"
-    failed = PlannedMouths()
-    failed.done(None, RuntimeError("no phones"))
-    assert not failed.wait(0.0) and failed.at(0) is None
+
+
+def test_a_plan_that_fails_leaves_the_stream_its_own_driver(sample_model, generator, speech_16k, clip):
+    failed = plan_mouths(np.full(SAMPLE_RATE_HZ, np.nan, np.float32), fps=sample_model.fps)
+    assert not failed.wait(60.0) and isinstance(failed.error, AudioError) and failed.at(0) is None
+    engine = LiveEngine(sample_model, generator, plan=failed)
+    frames = [f for i in range(0, len(speech_16k), 640) for f in engine.push(speech_16k[i:i + 640])]
+    assert [f.params for f in frames + engine.flush()] == [f.params for f in clip]
 
 
 def test_the_render_driver_shuts_the_lips_in_speech_and_rests_in_silence(phonetic_clip, clip):
